@@ -96,3 +96,11 @@ def test_bundled_suite_on_staged_html(tmp_path: Path, suite_copy: Path, fail: bo
             {"test_marker_lines_present", "test_no_error_outputs"}
     else:
         assert (result.exit_code, result.passed, result.failed) == (0, 4, 0), result
+
+
+def test_prepare_env_uses_this_interpreter_when_it_has_everything(tmp_path: Path) -> None:
+    import sys
+
+    repo = repo_with(tmp_path, {"requirements.txt": "pytest\n"})
+    assert testrun.prepare_env(repo) == sys.executable  # nothing to install: offline
+    assert testrun.prepare_env(repo, python="/some/python") == "/some/python"
