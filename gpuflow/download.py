@@ -312,8 +312,8 @@ def _http_error(exc: urllib.error.HTTPError, url: str) -> DownloadError:
 def _network_error(exc: BaseException, url: str) -> DownloadError:
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, (OSError, http.client.HTTPException, socket.timeout)):
-        return _Transient(f"{reason or type(reason).__name__} ({redact(url)})")
-    return DownloadError(f"{reason} ({redact(url)})")
+        return _Transient(f"cannot reach {redact(url)}: {reason or type(reason).__name__}")
+    return DownloadError(f"cannot reach {redact(url)}: {reason}")
 
 
 def _digest_file(path: Path, expect: _Expect) -> _Digests:
