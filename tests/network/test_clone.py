@@ -131,6 +131,30 @@ def test_permanent_failures_fail_at_once(served: Any, tmp_path: Path, url_suffix
     assert not (tmp_path / "out").exists()
 
 
+def test_results_on_failure(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = run_cli("http://user:hunter2-secret@127.0.0.1:9/x.git", str(tmp_path / "out"), "--retries", "0",
+                   "--results-dir", str(results))
+    assert proc.returncode == 3 and "hunter2" not in proc.stderr
+    files = {p.name: p.read_text() for p in results.iterdir() if p.is_file()}
+    assert files == {"commit-sha": "", "url": "http://127.0.0.1:9/x.git", "backup-path": "",
+                     "clone-status": "failed"}
+    record = (results / "steps/clone.json").read_text()
+    assert '"exit_code": 3' in record and "hunter2" not in record
+
+
+def test_home_and_its_parents_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    for dest in (home, tmp_path / "home"):
+        with pytest.raises(UnsafePathError):
+            clone.clone("http://127.0.0.1:9/x.git", dest)
+    monkeypatch.delenv("HOME")
+    with pytest.raises(CloneError):  # no HOME at all (an arbitrary container UID): still works
+        clone.clone("http://127.0.0.1:9/x.git", tmp_path / "out", retries=0)
+
+
 def _watch_argv(stop: threading.Event, seen: list[str]) -> None:
     while not stop.is_set():
         for p in psutil.process_iter(["cmdline"]):
