@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +160,7 @@ def _watch_argv(stop: threading.Event, seen: list[str]) -> None:
     while not stop.is_set():
         for p in psutil.process_iter(["cmdline"]):
             seen.append(" ".join(p.info["cmdline"] or []))
+        time.sleep(0.01)  # git's children live for ~0.1 s: sampled often enough, without hogging a core
 
 
 def test_token_never_leaks(git_server: Any, history: History, tmp_path: Path) -> None:

@@ -117,6 +117,7 @@ def test_verified_dest_is_not_downloaded_again(served: FileServer, payload: byte
 
 def test_killed_process_resumes_on_next_run(served: FileServer, payload: bytes, tmp_path: Path) -> None:
     served.faults.stall_after = [len(payload) // 2]  # then hangs, so the kill lands mid-download
+    served.faults.stall_s = 30.0
     dest = tmp_path / "f"
     part = tmp_path / "f.part"
     child = subprocess.Popen([sys.executable, "-m", "gpuflow.download", served.url("/data.h5ad"), str(dest),
