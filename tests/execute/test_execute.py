@@ -175,3 +175,21 @@ def test_library_raises_after_saving(make_notebook: MakeNotebook, tmp_path: Path
     result = info.value.result  # type: ignore[attr-defined]
     assert (result.status, result.exit_code, result.failed_cell) == ("failed", 1, 0)
     assert result.output.exists() and info.value.details["error"].startswith("cell 0 (In [1]) raised ValueError")  # type: ignore[attr-defined]
+
+
+def test_concurrent_runs_in_threads_keep_their_own_env(make_notebook: MakeNotebook, tmp_path: Path) -> None:
+    src = make_notebook("import os, time\ntime.sleep(0.5)\nprint(os.environ['CUDA_VISIBLE_DEVICES'])")
+    seen: dict[int, str] = {}
+
+    def run(gpu: int) -> None:
+        result = execute.execute_notebook(src, tmp_path / f"gpu{gpu}" / "out.ipynb", progress_bar=False,
+                                          env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}, log_level="INFO")
+        seen[gpu] = read(result.output).cells[0].outputs[0].text
+        assert f"{gpu}\n" in result.log.read_text() and f"{1 - gpu}\n" not in result.log.read_text()
+
+    threads = [threading.Thread(target=run, args=(gpu,)) for gpu in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert seen == {0: "0\n", 1: "1\n"}
