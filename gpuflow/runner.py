@@ -147,7 +147,8 @@ def _death_stop(state: State) -> Stop:
 def _signal_stop(state: State) -> Stop:
     signum = state.stopped_by or signal.SIGTERM
     exc = errors.Interrupted if signum == signal.SIGINT else errors.Terminated
-    what = f"terminated by {signal.Signals(signum).name}"
+    verb = "interrupted" if signum == signal.SIGINT else "terminated"
+    what = f"{verb} by {signal.Signals(signum).name}"
     return Stop(exc, what + " in {where}", state.current, f"{what}; the kernel was shut down")
 
 
@@ -165,7 +166,8 @@ def _signals_kill(state: State) -> Iterator[None]:
         state.stopped_by = signum
         if not _kernel.kill_now(state.km):
             exc = errors.Interrupted if signum == signal.SIGINT else errors.Terminated
-            raise exc(f"terminated by {signal.Signals(signum).name}", signum=signum)
+            verb = "interrupted" if signum == signal.SIGINT else "terminated"
+            raise exc(f"{verb} by {signal.Signals(signum).name}", signum=signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
