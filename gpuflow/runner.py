@@ -66,6 +66,7 @@ def manager(nb: Any, output_path: Path, logger: Any, bar: Any) -> Any:
     manager = Manager(nb, output_path=str(output_path), log_output=False, progress_bar=bar or False)
     return manager
 
+
 def run(
     nb_man: Any, name: str, env: dict[str, str], cwd: Path | None,
     cell_timeout: float | None, timeout: float | None, logger: Any,
@@ -91,41 +92,43 @@ def run(
     def on_started(notebook: Any) -> None:
         state.started = True
 
-    for attempt in (1, 2):
-        state.km = _kernel.new_manager(name)
-        client = PapermillNotebookClient(
-            nb_man, km=state.km, kernel_name=name, startup_timeout=STARTUP_TIMEOUT, log=logger,
-            log_output=True, timeout_func=timeout_func, iopub_timeout=IOPUB_TIMEOUT,
-            on_cell_start=on_cell_start, on_notebook_start=on_started,
-        )
-        stop: Stop | None = None
-        try:
-            with _signals_kill(state):
+    # the handler covers the kernel's shutdown too: a second signal there must not
+    # leave a kernel behind
+    with _signals_kill(state):
+        for attempt in (1, 2):
+            state.km = _kernel.new_manager(name)
+            client = PapermillNotebookClient(
+                nb_man, km=state.km, kernel_name=name, startup_timeout=STARTUP_TIMEOUT, log=logger,
+                log_output=True, timeout_func=timeout_func, iopub_timeout=IOPUB_TIMEOUT,
+                on_cell_start=on_cell_start, on_notebook_start=on_started,
+            )
+            stop: Stop | None = None
+            try:
                 client.execute(env=env, cwd=str(cwd) if cwd else None)
-        except errors.NotebookTimeout:
-            stop = _timeout_stop(state, timeout, cell_timeout, between_cells=True)
-        except CellTimeoutError:
-            stop = _timeout_stop(state, timeout, cell_timeout)
-        except DeadKernelError:
-            stop = _death_stop(state)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            if state.started or state.stopped_by:
-                stop = _death_stop(state) if not state.stopped_by else _signal_stop(state)
-            elif attempt == 1:
-                logger.warning(f"kernel {name} did not start ({exc}); retrying once")
-                continue
-            else:
-                stop = Stop(errors.KernelDied, f"kernel {name} did not start: {exc}", None,
-                             f"The kernel {name} did not start: {exc}")
-        finally:
-            if client.kc is not None:
-                client.kc.stop_channels()
-            _kernel.shutdown(state.km, interrupt=stop is not None and stop.exc is not errors.KernelDied)
-            _kernel.cancel_pending_tasks()
-        if state.stopped_by and (stop is None or stop.exc is errors.KernelDied):
-            stop = _signal_stop(state)
-        return stop
-    return None
+            except errors.NotebookTimeout:
+                stop = _timeout_stop(state, timeout, cell_timeout, between_cells=True)
+            except CellTimeoutError:
+                stop = _timeout_stop(state, timeout, cell_timeout)
+            except DeadKernelError:
+                stop = _death_stop(state)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                if state.started or state.stopped_by:
+                    stop = _death_stop(state) if not state.stopped_by else _signal_stop(state)
+                elif attempt == 1:
+                    logger.warning(f"kernel {name} did not start ({exc}); retrying once")
+                    continue
+                else:
+                    stop = Stop(errors.KernelDied, f"kernel {name} did not start: {exc}", None,
+                                 f"The kernel {name} did not start: {exc}")
+            finally:
+                if client.kc is not None:
+                    client.kc.stop_channels()
+                _kernel.shutdown(state.km, interrupt=stop is not None and stop.exc is not errors.KernelDied)
+                _kernel.cancel_pending_tasks()
+            if state.stopped_by and (stop is None or stop.exc is errors.KernelDied):
+                stop = _signal_stop(state)
+            return stop
+        return None
 
 
 def _timeout_stop(state: State, timeout: float | None, cell_timeout: float | None,
