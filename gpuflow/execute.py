@@ -121,9 +121,9 @@ def execute_notebook(
                 _add_banner(nb, stop)
         finally:
             runner.write_notebook(nb, output_path)
-    result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
-    if stop is not None:
-        _raise_for(stop, nb, origin, result)
+        result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
+        if stop is not None:
+            _raise_for(stop, nb, origin, result)  # inside the step, so that it reads "failed"
     return result
 
 
