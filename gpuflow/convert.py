@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow import cli, errors, tables
-from gpuflow.cache import cache_dir
+from gpuflow.cachedir import cache_dir
 from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import log
 
