@@ -10,27 +10,20 @@ import pytest
 
 from gpuflow import errors, guard
 from gpuflow.execute import execute_notebook, main as execute_main
-
-
-def _notebook(path: Path, *sources: str) -> Path:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources],
-                                  metadata={"kernelspec": {"name": "python3", "language": "python",
-                                                           "display_name": "Python 3"}})
-    nbformat.write(nb, path)
-    return path
+from guard_helpers import notebook, outputs_text
 
 
 def test_execute_with_lite_records_the_guard(tmp_path: Path, small_h5ad: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    src = _notebook(tmp_path / "in.ipynb", f"import anndata\nprint(anndata.read_h5ad({str(small_h5ad)!r}).shape)")
+    src = notebook(tmp_path / "in.ipynb", f"import anndata\nprint(anndata.read_h5ad({str(small_h5ad)!r}).shape)")
     out = tmp_path / "out" / "out.ipynb"
     execute_notebook(src, out, progress_bar=False,
                      guard=guard.GuardOptions(lite=True, max_cells=100, max_genes=50, rmm="pool"))
     nb = nbformat.read(out, as_version=4)
     first = nb.cells[0]
     assert first.metadata["tags"] == [guard.GUARD_TAG] and first.metadata["jupyter"]["source_hidden"]
-    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    text = outputs_text(nb)
     assert "gpuflow-guard: no GPU visible (CUDA_VISIBLE_DEVICES=''" in text and "(100, 50)" in text
     meta = nb.metadata["gpuflow"]["guard"]
     assert meta["policy"] == "pool" and meta["fallback"] == "no CUDA device visible" and meta["events"] == []
@@ -40,7 +33,7 @@ def test_execute_with_lite_records_the_guard(tmp_path: Path, small_h5ad: Path,
 def test_execute_require_exits_4_before_any_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    src = _notebook(tmp_path / "in.ipynb", "print(1)")
+    src = notebook(tmp_path / "in.ipynb", "print(1)")
     out = tmp_path / "out.ipynb"
     assert execute_main([str(src), str(out), "--gpu", "require"]) == errors.NoGPUError.exit_code
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from guard_helpers import outputs_text
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
@@ -38,7 +39,7 @@ def test_scrna_runs_on_cpu(tmp_path: Path) -> None:
         cwd=str(tmp_path), start_timeout=120,
     )
     nb = nbformat.read(out, as_version=4)
-    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    text = outputs_text(nb)
     assert "gpuflow-scrna: backend numpy" in text
     assert "gpuflow-scrna: filtered " in text and " cells x " in text
     for stage in ("load", "qc", "normalize", "hvg", "scale", "pca", "neighbors", "cluster"):
@@ -57,5 +58,5 @@ def test_gpu_smoke_runs_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "smoke.ipynb"
     papermill.execute_notebook(str(NOTEBOOKS / "gpu_smoke.ipynb"), str(out), kernel_name="python3",
                                progress_bar=False, cwd=str(tmp_path), start_timeout=120)
-    text = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells for o in c.get("outputs", []))
+    text = outputs_text(nbformat.read(out, as_version=4))
     assert "gpuflow-smoke: devices 0" in text and "gpuflow-smoke: backend numpy" in text

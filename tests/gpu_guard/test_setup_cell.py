@@ -3,7 +3,6 @@ importable), and one run through a real kernel with lite mode on."""
 from __future__ import annotations
 
 import builtins
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import nbformat
 import pytest
 
 from gpuflow import _kernel_guard, guard
+from guard_helpers import notebook, outputs_text
 
 NO_GPU = {"visible": False, "checks": ["CUDA_VISIBLE_DEVICES=''", "nvidia-smi: not found"]}
 
@@ -63,17 +63,6 @@ def test_inline_fallback_runs_the_embedded_guard(monkeypatch: pytest.MonkeyPatch
     assert "gpuflow-guard: no GPU visible (CUDA_VISIBLE_DEVICES=''; nvidia-smi: not found): running on the CPU" in out
 
 
-def _guarded_notebook(tmp_path: Path, src: str, body: list[str]) -> Path:
-    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
-                                                          "display_name": "Python 3"}})
-    cell = nbformat.v4.new_code_cell(src)
-    cell.metadata["tags"] = [guard.GUARD_TAG]
-    nb.cells = [cell, *(nbformat.v4.new_code_cell(b) for b in body)]
-    path = tmp_path / "guarded.ipynb"
-    nbformat.write(nb, path)
-    return path
-
-
 def test_real_kernel_lite_without_gpuflow_installed(tmp_path: Path, small_h5ad: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import papermill
@@ -86,15 +75,15 @@ def test_real_kernel_lite_without_gpuflow_installed(tmp_path: Path, small_h5ad: 
     monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
     src = guard.setup_cell_source(guard.GuardOptions(lite=True, max_cells=100, max_genes=50), NO_GPU)
     assert src is not None
-    path = _guarded_notebook(tmp_path, src, [
+    path = notebook(tmp_path / "guarded.ipynb", src, *[
         "print('inline guard:', not hasattr(_gpuflow_guard, '__file__'))",
         f"import scanpy as sc\nadata = sc.read({str(small_h5ad)!r})\nprint('shape', adata.shape)",
-    ])
+    ], tags=([guard.GUARD_TAG],))
     out = tmp_path / "out.ipynb"
     papermill.execute_notebook(str(path), str(out), cwd=str(tmp_path), kernel_name="python3",
                                progress_bar=False, start_timeout=120)
     nb = nbformat.read(out, as_version=4)
-    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    text = outputs_text(nb)
     assert "inline guard: True" in text
     assert "gpuflow-lite: scanpy.readwrite.read: 300 x 120 -> 100 cells x 50 genes (seed 0)" in text
     assert "shape (100, 50)" in text
