@@ -106,3 +106,12 @@ def test_telemetry_with_real_samples(tmp_path: Path, gpu_out: Path) -> None:
     assert data["peak_memory_bytes"] > 256 << 20 and data["mean_utilization_pct"] > 0
     peaks = [c["peak_bytes"] for c in data["cells"]]
     assert peaks and max(peaks) >= 8192 * 8192 * 4  # the cell that made x
+
+
+def test_gpu_smoke_notebook_sees_the_device_through_rmm(tmp_path: Path, gpu_out: Path) -> None:
+    from gpu_helpers import ROOT
+
+    nb, text = run(ROOT / "notebooks" / "gpu_smoke.ipynb", tmp_path / "smoke.ipynb", guard.GuardOptions(rmm="pool"))
+    save(gpu_out, "gpu_smoke.json", {"guard": nb.metadata["gpuflow"]["guard"], "text": text[-2000:]})
+    assert "gpuflow-smoke: backend cupy" in text and "gpuflow-smoke: devices 0" not in text
+    assert "rmm_cupy_allocator" in text  # CuPy allocates through RMM, as the guard set it
