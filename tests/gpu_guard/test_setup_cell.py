@@ -72,6 +72,10 @@ def test_real_kernel_lite_without_gpuflow_installed(tmp_path: Path, small_h5ad: 
     shadow = tmp_path / "shadow" / "gpuflow"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("")
+    # an editable install finds submodules through its own meta-path finder
+    # even under a shadowing package: make those imports fail explicitly
+    for name in ("_kernel_guard.py", "lite.py"):
+        (shadow / name).write_text("raise ImportError('shadowed for this test')\n")
     monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
     src = guard.setup_cell_source(guard.GuardOptions(lite=True, max_cells=100, max_genes=50), NO_GPU)
     assert src is not None
