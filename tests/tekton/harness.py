@@ -31,6 +31,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,16 +90,15 @@ class Harness:
     root: Path
     secrets: Mapping[tuple[str, str], str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
-    _count: itertools.count = field(default_factory=itertools.count)
 
     # ------------------------------------------------------------ TaskRuns
     def run_task(self, spec: dict[str, Any], params: Mapping[str, Any], workspaces: Mapping[str, Path],
                  *, name: str = "taskrun", timeout: float | None = None) -> TaskRun:
         """One TaskRun of `spec`, with workspaces bound to real directories."""
         run = TaskRun(name=name, status="Succeeded", params=_resolve_params(spec, params))
-        n = next(self._count)
-        results_dir = self.root / "tekton" / f"{n:03d}-{name}" / "results"
-        results_dir.mkdir(parents=True)
+        (self.root / "tekton").mkdir(parents=True, exist_ok=True)
+        results_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root / "tekton")) / "results"
+        results_dir.mkdir()
         home = self.root / "home"
         home.mkdir(exist_ok=True)
         declared_ws = {w["name"]: w for w in spec.get("workspaces") or []}
