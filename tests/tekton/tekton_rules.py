@@ -27,6 +27,7 @@ RESULT_REF = re.compile(r"\$\(results\.([^.)]+)\.path\)")
 TASK_RESULT_REF = re.compile(r"\$\((tasks|finally)\.([^.)]+)\.results\.([^.)\[]+)(\[\*\])?\)")
 TASK_STATUS_REF = re.compile(r"\$\(tasks\.(?:([^.)]+)\.)?status\)")
 TEKTON_VAR = re.compile(r"\$\((params|workspaces|results|context|steps|tasks|finally)[.\[]")
+RUNTIME_INSTALLS = ("pip install", "apt-get", "poetry install", "conda install", "curl ", "wget ")
 SHELL_VAR = re.compile(r"\$\{?[A-Za-z_]\w*\}?")
 GPU = "nvidia.com/gpu"
 UID = 1001  # `rapids` in the RAPIDS image; `ubuntu` is 1000
@@ -422,6 +423,7 @@ def scripts_take_values_from_env(m: Manifests) -> list[str]:
                 errors.append(f"{where}: script must start with '#!/bin/sh' and 'set -eu'")
             if (label.split("/")[0], step.get("name")) not in ROOT_STEPS and script.count("python -m gpuflow.") != 1:
                 errors.append(f"{where}: script must make exactly one `python -m gpuflow.<step>` call")
+            errors += [f"{where}: installs at run time ({w})" for w in RUNTIME_INSTALLS if w in script]
             errors += [f"{where}: shell variable {v.group(0)} must be written \"${{NAME}}\""
                        for v in SHELL_VAR.finditer(script)
                        if not re.fullmatch(r"\$\{\w+\}", v.group(0))

@@ -163,6 +163,7 @@ def test_rejects_unquoted_shell_variable_and_extra_commands(manifests: rules.Man
     errors = rules.scripts_take_values_from_env(manifests)
     assert any("$OUTPUT_HTML" in e for e in errors)
     assert any("exactly one" in e for e in errors)
+    assert any("installs at run time (pip install)" in e for e in errors)
 
 
 def test_rejects_too_many_or_typed_results(manifests: rules.Manifests) -> None:
