@@ -78,6 +78,8 @@ def test_unknown_kernel_unwritable_output_and_same_file(
         (["-y", "[1, 2]"], "-y YAML must be a YAML mapping"),
         (["-y", "a: [1"], "-y YAML is not valid YAML"),
         (["-f", "missing.yaml"], "cannot read parameters file missing.yaml"),
+        (["--cwd", "no/such/dir"], "--cwd no/such/dir is not a directory"),
+        (["--timeout", "0"], "--timeout must be a positive number of seconds, not 0"),
     ],
 )
 def test_bad_parameters_are_exit_2(

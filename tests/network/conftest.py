@@ -149,38 +149,44 @@ def publish(work: Path, server_root: Path, name: str = "repo.git") -> Path:
     return bare
 
 
-def _commit(repo: Path, name: str, text: str, message: str) -> str:
-    (repo / name).write_text(text)
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", message, cwd=repo)
-    return git("rev-parse", "HEAD", cwd=repo)
-
-
 @dataclass
 class History:
-    path: Path
+    path: Path  # a bare repo
     commits: list[str]  # oldest first, on main
     feature: str  # tip of branch "feature"
     tag: str  # the commit tagged v1.0 (annotated)
 
 
-@pytest.fixture
-def history(tmp_path: Path) -> History:
-    """A repo with 30 commits on main, a branch and an annotated tag."""
-    repo = tmp_path / "work"
-    repo.mkdir()
-    git("init", "-q", "-b", "main", cwd=repo)
-    commits = [_commit(repo, "count.txt", f"{i}\n", f"commit {i}") for i in range(30)]
-    git("tag", "-a", "v1.0", "-m", "release", commits[10], cwd=repo)
-    git("checkout", "-q", "-b", "feature", commits[5], cwd=repo)
-    feature = _commit(repo, "feature.txt", "feature\n", "feature work")
-    for folder in ("sub", "docs"):
-        (repo / folder).mkdir()
-        (repo / folder / "file.txt").write_text(f"{folder}\n")
-    _commit(repo, "sub/only.txt", "sparse\n", "two dirs")
-    feature = git("rev-parse", "HEAD", cwd=repo)
-    git("checkout", "-q", "main", cwd=repo)
-    return History(path=repo, commits=commits, feature=feature, tag=commits[10])
+def _fast_import_stream() -> str:
+    """30 commits on main, branch feature off commit 5 (adding sub/ and docs/),
+    annotated tag v1.0 on commit 10: one `git fast-import`, not 40 commands."""
+    who = "gpuflow tests <tests@gpuflow.invalid> 1700000000 +0000"
+
+    def blob(path: str, text: str) -> str:
+        return f"M 644 inline {path}\ndata {len(text)}\n{text}\n"
+
+    def commit(ref: str, mark: int, parent: int | None, message: str, files: str) -> str:
+        head = f"commit {ref}\nmark :{mark}\ncommitter {who}\ndata {len(message)}\n{message}\n"
+        return head + (f"from :{parent}\n" if parent else "") + files
+
+    parts = [commit("refs/heads/main", i + 1, i or None, f"commit {i}", blob("count.txt", f"{i}\n"))
+             for i in range(30)]
+    parts.append(commit("refs/heads/feature", 100, 6, "feature work", blob("feature.txt", "feature\n")))
+    parts.append(commit("refs/heads/feature", 101, 100, "two dirs",
+                        blob("sub/only.txt", "sparse\n") + blob("docs/file.txt", "docs\n")))
+    parts.append(f"tag v1.0\nfrom :11\ntagger {who}\ndata 7\nrelease\n")
+    return "".join(parts)
+
+
+@pytest.fixture(scope="session")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    repo = tmp_path_factory.mktemp("history") / "work.git"
+    git("init", "-q", "--bare", "-b", "main", str(repo), cwd=repo.parent)
+    subprocess.run(["git", "fast-import", "--quiet"], input=_fast_import_stream(), text=True, cwd=repo,
+                   check=True, capture_output=True)
+    commits = git("rev-list", "--reverse", "main", cwd=repo).split()
+    return History(path=repo, commits=commits, feature=git("rev-parse", "feature", cwd=repo),
+                   tag=git("rev-parse", "v1.0^{commit}", cwd=repo))
 
 
 # -- a file server with Range, for downloads ---------------------------------------
