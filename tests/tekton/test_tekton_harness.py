@@ -2,7 +2,9 @@
 the shipped Tasks run under it."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,26 @@ def test_clone_task_writes_results(tmp_path: Path, pristine: rules.Manifests) ->
     bare = _harness(tmp_path / "bare", pristine).run_task(
         task, {"url": (tmp_path / "origin").as_uri()}, {"output": ws})
     assert bare.status == "Failed" and "CreateContainerConfigError" in bare.log()
+
+
+@pytest.mark.skipif(not _have("download"), reason="gpuflow.download is not on this branch yet")
+def test_download_task_uses_the_cache(tmp_path: Path, pristine: rules.Manifests) -> None:
+    source = tmp_path / "dataset.bin"
+    source.write_bytes(b"cells" * 1000)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    data, cache = tmp_path / "ws", tmp_path / "ws" / "cache"
+    cache.mkdir(parents=True)
+    task = pristine.tasks["gpuflow-download"]["spec"]
+    params = {"url": source.as_uri(), "path": "h5/dataset.bin", "download-args": ["--sha256", digest]}
+    first = _harness(tmp_path, pristine).run_task(task, params, {"data": data, "cache": cache})
+    assert first.status == "Succeeded", first.log()
+    assert (data / "h5" / "dataset.bin").read_bytes() == source.read_bytes()
+    (data / "h5" / "dataset.bin").unlink()
+    source.unlink()  # the second run can only succeed from the cache
+    second = _harness(tmp_path, pristine).run_task(task, params, {"data": data, "cache": cache})
+    assert second.status == "Succeeded", second.log()
+    record = json.loads((data / "records" / "download" / "steps" / "download.json").read_text())
+    assert record["details"]["source"] == "cache"
+    bad = _harness(tmp_path, pristine).run_task(task, {**params, "download-args": ["--sha256", "0" * 64]},
+                                                {"data": data, "cache": cache})
+    assert bad.status == "Failed"

@@ -29,6 +29,7 @@ def _notebook(*, fail: bool = False) -> str:
     tag = "gpuflow-scrna"  # spelled apart so the code cells do not print marker lines
     cells = [
         nbformat.v4.new_code_cell("n_cells = 10", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import os\nif os.path.exists('h5/cells.txt'):\n    n_cells = int(open('h5/cells.txt').read())"),
         nbformat.v4.new_code_cell(f"tag = {tag[:7]!r} + {tag[7:]!r}\nprint(f'{{tag}}: filtered {{n_cells}} cells x 5 genes')"),
         nbformat.v4.new_code_cell("%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);"),
         nbformat.v4.new_code_cell("raise RuntimeError('planted failure')" if fail else "print(f'{tag}: done')"),
@@ -45,12 +46,13 @@ def _repos(tmp_path: Path, notebooks: dict[str, str]) -> tuple[str, str]:
     return (tmp_path / "notebooks-repo").as_uri(), (tmp_path / "suite").as_uri()
 
 
-def _run(tmp_path: Path, manifests: rules.Manifests, notebooks: dict[str, str]) -> tuple[PipelineRun, Path]:
+def _run(tmp_path: Path, manifests: rules.Manifests, notebooks: dict[str, str],
+         **extra: object) -> tuple[PipelineRun, Path]:
     repo, tests = _repos(tmp_path, notebooks)
     run_doc = next(d for d in manifests.runs if d["metadata"]["generateName"].startswith("gpuflow-scrna-full"))
     params = {p["name"]: p["value"] for p in run_doc["spec"]["params"]}
     params |= {"repo-url": repo, "revision": "", "tests-url": tests, "notebooks": list(notebooks),
-               "gpu": "auto", "cell-timeout": "300", "test-args": ["--no-install"]}
+               "gpu": "auto", "cell-timeout": "300", "test-args": ["--no-install"], **extra}
     run_doc["spec"]["params"] = [{"name": k, "value": v} for k, v in params.items()]
     harness = Harness(manifests, tmp_path / "cluster", secrets=SECRETS)
     run = harness.run_pipelinerun(run_doc)
@@ -58,9 +60,12 @@ def _run(tmp_path: Path, manifests: rules.Manifests, notebooks: dict[str, str]) 
 
 
 def test_pipeline_runs_notebooks_end_to_end(tmp_path: Path, manifests: rules.Manifests) -> None:
-    run, ws = _run(tmp_path, manifests, {"tiny_a": _notebook(), "tiny_b": _notebook()})
-    assert run.status == "Completed", run.log()  # the download is skipped by its `when`
-    assert run.runs("download")[0].status == "None"
+    dataset = tmp_path / "cells.txt"
+    dataset.write_text("42")
+    run, ws = _run(tmp_path, manifests, {"tiny_a": _notebook(), "tiny_b": _notebook()},
+                   **{"dataset-url": dataset.as_uri(), "dataset-path": "h5/cells.txt"})
+    assert run.status == "Succeeded", run.log()
+    assert run.runs("download")[0].status == "Succeeded"
     assert [r.status for r in run.runs("execute")] == ["Succeeded", "Succeeded"]
     assert run.results == {"status": "success"}
     summary = run.runs("summary")[0]
@@ -76,7 +81,8 @@ def test_pipeline_runs_notebooks_end_to_end(tmp_path: Path, manifests: rules.Man
         tests = json.loads((out / "summary.json").read_text())["tests"]
         assert tests["passed"] >= 3 and tests["failed"] == 0, tests
     whole = json.loads((ws / "out" / "summary.json").read_text())
-    assert whole["status"] == "success" and "Tekton tasks: Completed" in whole["title"]
+    assert whole["status"] == "success" and "Tekton tasks: Succeeded" in whole["title"]
+    assert "filtered 42 cells" in (ws / "out" / "tiny_a" / "tiny_a_output.html").read_text()  # the dataset was read
     assert run.runs("clone-notebooks")[0].results["commit-sha"]
 
 
@@ -84,6 +90,7 @@ def test_failed_notebook_is_reported_not_hidden(tmp_path: Path, manifests: rules
     run, ws = _run(tmp_path, manifests, {"broken": _notebook(fail=True)})
     assert run.status == "Failed"
     assert run.runs("execute")[0].status == "Failed"
+    assert run.runs("download")[0].status == "None"  # no dataset-url: skipped by its `when`
     assert run.runs("convert")[0].status == "None"  # not scheduled after the failure
     summary = run.runs("summary")[0]
     assert summary.steps[0].exit_code not in (0, None), summary.log()  # --exit-code: the summary fails too
