@@ -199,7 +199,8 @@ def test_download_task_uses_the_cache(tmp_path: Path, pristine: rules.Manifests)
     data, cache = tmp_path / "ws", tmp_path / "ws" / "cache"
     cache.mkdir(parents=True)
     task = pristine.tasks["gpuflow-download"]["spec"]
-    params = {"url": source.as_uri(), "path": "h5/dataset.bin", "download-args": ["--sha256", digest]}
+    params = {"url": source.as_uri(), "path": "h5/dataset.bin", "retries": "0",
+              "download-args": ["--sha256", digest]}
     first = _harness(tmp_path, pristine).run_task(task, params, {"data": data, "cache": cache})
     assert first.status == "Succeeded", first.log()
     assert (data / "h5" / "dataset.bin").read_bytes() == source.read_bytes()
