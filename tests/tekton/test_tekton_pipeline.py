@@ -27,13 +27,15 @@ SECRETS = {("github-token", "token"): "not-a-real-token"}
 
 def _notebook(*, fail: bool = False) -> str:
     tag = "gpuflow-scrna"  # spelled apart so the code cells do not print marker lines
-    cells = [
-        nbformat.v4.new_code_cell("n_cells = 10", metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("import os\nif os.path.exists('h5/cells.txt'):\n    n_cells = int(open('h5/cells.txt').read())"),
-        nbformat.v4.new_code_cell(f"tag = {tag[:7]!r} + {tag[7:]!r}\nprint(f'{{tag}}: filtered {{n_cells}} cells x 5 genes')"),
-        nbformat.v4.new_code_cell("%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);"),
-        nbformat.v4.new_code_cell("raise RuntimeError('planted failure')" if fail else "print(f'{tag}: done')"),
+    sources = [
+        "import os\nif os.path.exists('h5/cells.txt'):  # the Pipeline's download\n"
+        "    n_cells = int(open('h5/cells.txt').read())",
+        f"tag = {tag[:7]!r} + {tag[7:]!r}\nprint(f'{{tag}}: filtered {{n_cells}} cells x 5 genes')",
+        "%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2, 3]);",
+        "raise RuntimeError('planted failure')" if fail else "print(f'{tag}: done')",
     ]
+    cells = [nbformat.v4.new_code_cell("n_cells = 10", metadata={"tags": ["parameters"]}),
+             *map(nbformat.v4.new_code_cell, sources)]
     nb = nbformat.v4.new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nbformat.writes(nb)
@@ -110,3 +112,14 @@ def test_bundled_scrna_notebook_through_the_pipeline(tmp_path: Path, manifests: 
     assert run.status == "Completed", run.log()
     assert run.results == {"status": "success"}
     assert (ws / "out" / "scrna_preprocessing" / "scrna_preprocessing_output.html").is_file()
+
+
+def test_failed_clone_still_gets_a_failed_summary(tmp_path: Path, manifests: rules.Manifests) -> None:
+    run, ws = _run(tmp_path, manifests, {"tiny": _notebook()}, **{"revision": "no-such-branch"})
+    assert run.runs("clone-notebooks")[0].status == "Failed"
+    assert run.runs("clone-notebooks")[0].results["clone-status"] == "failed"
+    assert {r.status for name in ("execute", "convert", "stage-and-test") for r in run.runs(name)} == {"None"}
+    summary = run.runs("summary")[0]
+    assert summary.results["status"] == "failed", summary.log()
+    whole = json.loads((ws / "out" / "summary.json").read_text())
+    assert "Tekton tasks: Failed" in whole["title"]
