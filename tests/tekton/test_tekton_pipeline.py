@@ -123,3 +123,9 @@ def test_failed_clone_still_gets_a_failed_summary(tmp_path: Path, manifests: rul
     assert summary.results["status"] == "failed", summary.log()
     whole = json.loads((ws / "out" / "summary.json").read_text())
     assert "Tekton tasks: Failed" in whole["title"]
+
+
+def test_root_step_can_be_skipped(tmp_path: Path, manifests: rules.Manifests) -> None:
+    run, _ = _run(tmp_path, manifests, {"tiny": _notebook()}, **{"fix-ownership": "false", "revision": "nope"})
+    assert run.runs("init-workspace")[0].status == "None"
+    assert run.runs("clone-notebooks")[0].status == "Failed"  # it still ran after the skipped init
