@@ -219,7 +219,7 @@ class Harness:
         failed = False
         for name in order:
             pt = tasks[name]
-            if failed or any(_status(done.get(d, [])) in ("Failed", "Stopped") for d in _result_deps(pt)):
+            if failed or any(_status(done.get(d, [])) in ("Failed", "None") for d in _result_deps(pt)):
                 done[name] = [TaskRun(name, "None", reason="skipped: the pipeline is stopping" if failed
                                       else "skipped: a result it needs is missing")]
                 continue

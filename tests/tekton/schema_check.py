@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,10 +166,3 @@ def errors(doc: Doc, where: str = "") -> list[str]:
         return _k8s(doc, where)
     return [f"{where}: no schema for {api} {kind} (only tekton.dev/v1, StepAction v1beta1, Triggers v1beta1)"]
 
-
-def walk(docs: list[Doc]) -> Iterator[Doc]:
-    """Every object, including TriggerTemplate resourcetemplates."""
-    for doc in docs:
-        yield doc
-        if isinstance(doc, dict) and doc.get("kind") == "TriggerTemplate":
-            yield from (doc.get("spec") or {}).get("resourcetemplates") or []
