@@ -541,8 +541,34 @@ def triggers_rules(m: Manifests) -> list[str]:
             if len((doc.get("metadata") or {}).get("name", "")) > 60:
                 errors.append(f"{_label(doc)}: name longer than 60 characters")
             for t in spec.get("triggers") or []:
-                if not (t.get("template") or t.get("triggerRef")):
-                    errors.append(f"{_label(doc)}/{t.get('name')}: needs template or triggerRef")
+                errors += _trigger_errors(m, f"{_label(doc)}/{t.get('name')}", t)
+    return errors
+
+
+def _trigger_errors(m: Manifests, where: str, trigger: dict[str, Any]) -> list[str]:
+    """The trigger's template and bindings exist, and the bindings fill the
+    template's params without a default and nothing else."""
+    if not (trigger.get("template") or trigger.get("triggerRef")):
+        return [f"{where}: needs template or triggerRef"]
+    named = {(d.get("kind"), (d.get("metadata") or {}).get("name")): d.get("spec") or {} for d in m.docs}
+    template = named.get(("TriggerTemplate", (trigger.get("template") or {}).get("ref")))
+    if template is None:
+        return [f"{where}: template {(trigger.get('template') or {}).get('ref')!r} is not among our manifests"]
+    bound: set[str] = set()
+    errors = []
+    for b in trigger.get("bindings") or []:
+        if "ref" in b:
+            binding = named.get((b.get("kind", "TriggerBinding"), b["ref"]))
+            if binding is None:
+                errors.append(f"{where}: binding {b['ref']!r} is not among our manifests")
+                continue
+            bound |= _param_names(binding)
+        else:
+            bound.add(b.get("name"))
+    declared = _param_names(template)
+    errors += [f"{where}: binding param {n!r} is not a TriggerTemplate param" for n in bound - declared]
+    errors += [f"{where}: TriggerTemplate param {p.get('name')!r} is never bound" for p in template.get("params") or []
+               if "default" not in p and p.get("name") not in bound]
     return errors
 
 

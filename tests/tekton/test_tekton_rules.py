@@ -192,3 +192,25 @@ def test_rejects_undeclared_trigger_template_param(manifests: rules.Manifests) -
     template["spec"]["resourcetemplates"][0]["spec"]["params"][0]["value"] = "$(tt.params.imag)"
     assert rules.triggers_rules(manifests) == [
         "TriggerTemplate/gpuflow-notebooks: $(tt.params.imag) is not declared"]
+
+
+def test_rejects_trigger_binding_mismatch(manifests: rules.Manifests) -> None:
+    binding = next(d for d in manifests.docs if d.get("kind") == "TriggerBinding")
+    binding["spec"]["params"][1]["name"] = "sha"
+    errors = rules.triggers_rules(manifests)
+    assert any("'sha' is not a TriggerTemplate param" in e for e in errors)
+    assert any("'revision' is never bound" in e for e in errors)
+
+
+def test_trigger_filter_covers_the_guide_conditions(pristine: rules.Manifests) -> None:
+    listener = next(d for d in pristine.docs if d.get("kind") == "EventListener")
+    interceptors = listener["spec"]["triggers"][0]["interceptors"]
+    github = next(i for i in interceptors if i["ref"]["name"] == "github")
+    params = {p["name"]: p["value"] for p in github["params"]}
+    assert params["eventTypes"] == ["push", "pull_request"] and params["secretRef"]["secretName"]
+    cel = next(i for i in interceptors if i["ref"]["name"] == "cel")
+    text = next(p["value"] for p in cel["params"] if p["name"] == "filter")
+    for needle in ("'refs/heads/main', 'refs/heads/develop'", "['main', 'develop']", "'[gpu]'", "'[notebook]'",
+                   "startsWith('notebooks/')", "'push'", "'pull_request'"):
+        assert needle in text, needle
+    assert text.count("(") == text.count(")")
