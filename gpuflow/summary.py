@@ -215,7 +215,9 @@ def write_run_summary(run_dir: Path, *, title: str | None = None) -> Summary:
     from gpuflow import summary_render
 
     run_dir = Path(run_dir)
-    dirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / record.RECORD_DIR).is_dir())
+    # no run dir at all (the clone failed before any notebook ran) is a failed run, not a crash
+    found = run_dir.iterdir() if run_dir.is_dir() else iter(())
+    dirs = sorted(p for p in found if p.is_dir() and (p / record.RECORD_DIR).is_dir())
     parts = [(d.name, write_summary(d, append=False)) for d in dirs]
     code = errors.worst([s.exit_code for _, s in parts]) if parts else errors.StepFailed.exit_code
     steps = [{"name": name, "status": s.status, "exit_code": s.exit_code, "duration_s": None,
