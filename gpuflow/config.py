@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,11 @@ class FlowConfig:
     @property
     def lite(self) -> bool:
         return self.profile == "lite"
+
+    @property
+    def repo_is_local(self) -> bool:
+        """A path, not a URL (`https://`, `file://`, `git@host:`): used in place, not cloned."""
+        return "://" not in self.repo and not re.match(r"^[\w.-]+@[\w.-]+:", self.repo)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
