@@ -128,8 +128,9 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
         return "kept", 0
     cmd = [sys.executable, "-m", "gpuflow.execute", str(job.notebook), str(job.output),
            "-y", json.dumps(params), "--kernel", cfg.kernel, "--cwd", str(job.notebook.parent),
-           "--log", str(job.dir / "papermill.log"), "--record-dir", str(job.dir), "--no-progress-bar",
-           *_guard_flags(cfg)]
+           "--log", str(job.dir / "papermill.log"), "--record-dir", str(job.dir),
+           # INFO, as the Tekton workflow ran papermill: kernel message dumps drown parallel logs
+           "--no-progress-bar", "--log-level", "INFO", *_guard_flags(cfg)]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
     if cfg.cell_timeout is not None:

@@ -89,14 +89,14 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         t0 = time.monotonic()
         pool.start(jobs)
         try:
-            while pool.alive():
-                pool.join(0.2)
+            while not pool.wait(0.2):
+                pass
         except (errors.Stopped, KeyboardInterrupt) as exc:
             stopped = exc if isinstance(exc, errors.Stopped) else errors.Interrupted("interrupted", signum=2)
             log.warning(f"{stopped}: stopping the kernels, then writing the summaries")
             flow.stop.set()
             proc.signal_all(signal.SIGINT if isinstance(stopped, errors.Interrupted) else signal.SIGTERM)
-            pool.join(timeout=60)
+            pool.wait(timeout=60)
         results = [pool.results[i] for i in sorted(pool.results)]
         not_run = [job.name for i, job in enumerate(jobs) if i not in pool.results]
         if not_run:
@@ -104,6 +104,8 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     except errors.GpuflowError as exc:
         codes.append(exc.exit_code)
         error = cli.fail_line("gpuflow.run", exc)
+    except errors.Stopped as exc:  # stopped before any notebook started
+        stopped = exc
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     makespan = round(time.monotonic() - t0, 3)
@@ -226,38 +228,50 @@ def _slot_report(slots: list[Slot], pool: Any, makespan: float, results: list[No
 
 
 def _telemetry_mean(paths: list[Path]) -> float | None:
+    from gpuflow.summary import gpu_facts
+
     values: list[float] = []
     for path in paths:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        mean = data.get("gpu_utilisation_mean", data.get("utilization_gpu_mean")) if isinstance(data, dict) else None
+        mean = (gpu_facts(path) or {}).get("mean_utilization_pct")
         if isinstance(mean, (int, float)):
             values.append(float(mean))
     return round(sum(values) / len(values), 1) if values else None
 
 
 def _write_run_summary(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
+    """run.json (the schedule: makespan, slots), then the run-level summary
+    of gpuflow.summary, with the schedule added to its JSON and Markdown."""
     run_dir = result.run_dir
-    data = {
+    schedule = {
         "run_id": run_dir.name, "exit_code": result.exit_code, "profile": cfg.profile,
         "makespan_s": result.makespan_s, "slots": result.slots,
-        "notebooks": [{**n.__dict__} for n in result.notebooks],
-        "stopped": str(result.stopped) if result.stopped else None,
+        "stopped": str(result.stopped) if result.stopped else None, "error": result.error,
     }
+    data = {**schedule, "notebooks": [dict(n.__dict__) for n in result.notebooks]}
     atomic_write_text(run_dir / "run.json", json.dumps(data, indent=2, default=str))
-    index: Path | None = None
     try:
         from gpuflow.summary import write_run_summary
 
-        write_run_summary(run_dir)
-        index = run_dir / "index.html" if (run_dir / "index.html").is_file() else None
-    except ImportError:
-        log.warning("gpuflow.summary is not available: no run-level index.html")
+        write_run_summary(run_dir, title=f"gpuflow run {run_dir.name} ({cfg.profile})")
     except errors.GpuflowError as exc:
         log.error(cli.fail_line("gpuflow.summary", exc))
-    return RunResult(**{**result.__dict__, "index_html": index})
+        return result
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    atomic_write_text(run_dir / "summary.json", json.dumps({**summary, "run": schedule}, indent=2, default=str))
+    markdown = (run_dir / "STEP_SUMMARY.md").read_text(encoding="utf-8")
+    atomic_write_text(run_dir / "STEP_SUMMARY.md", markdown.rstrip("\n") + "\n\n" + schedule_markdown(result))
+    index = run_dir / "index.html"
+    return RunResult(**{**result.__dict__, "index_html": index if index.is_file() else None})
+
+
+def schedule_markdown(result: RunResult) -> str:
+    lines = [f"Makespan {result.makespan_s:.1f}s over {len(result.slots)} slot(s).", "",
+             "| Slot | Notebooks | Busy | GPU utilisation |", "|---|---|---|---|"]
+    for name, slot in result.slots.items():
+        util = slot["gpu_utilisation_mean"]
+        lines.append(f"| {name} | {', '.join(slot['notebooks']) or '-'} | {slot['busy_fraction']:.0%} | "
+                     f"{'-' if util is None else f'{util:.0f}%'} |")
+    return "\n".join(lines) + "\n"
 
 
 def status_table(result: RunResult) -> str:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +73,9 @@ def test_many_notebooks_one_fails_others_finish(tmp_path: Path, test_repo: Path)
     assert set(data["slots"]) == {"cpu0", "cpu1"}
     assert all(s["notebooks"] for s in data["slots"].values())
     assert data["makespan_s"] > 0 and (run_dir / "index.html").is_file()
+    run_summary = json.loads((run_dir / "summary.json").read_text())
+    assert run_summary["exit_code"] == 1 and run_summary["run"]["makespan_s"] == data["makespan_s"]
+    assert "Makespan" in (run_dir / "STEP_SUMMARY.md").read_text()
 
 
 def test_resume_after_a_crash_keeps_the_executed_notebook(tmp_path: Path, test_repo: Path) -> None:
@@ -119,3 +126,27 @@ def test_bad_notebook_path_exits_2_with_a_run_summary(tmp_path: Path, test_repo:
     assert main([*base_args(tmp_path / "nbs", test_repo, out), "--notebooks", "missing.ipynb"]) == 2
     assert "missing.ipynb" in capsys.readouterr().err
     assert run_json(only_run(out))["exit_code"] == 2
+
+
+def test_sigterm_stops_the_kernel_writes_summaries_exits_143(tmp_path: Path, test_repo: Path) -> None:
+    repo = tmp_path / "nbs"
+    notebook(repo / "slow.ipynb", "import time; print('started', flush=True); time.sleep(300)")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-m", "gpuflow", "run", *base_args(repo, test_repo, out),
+                              "--notebooks", "slow.ipynb"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    assert child.stdout is not None
+    for line in child.stdout:  # wait until the cell is running in the kernel
+        if "started" in line:
+            break
+    child.send_signal(signal.SIGTERM)
+    rest, _ = child.communicate(timeout=120)
+    assert child.returncode == 143, rest
+    run_dir = only_run(out)
+    data = run_json(run_dir)
+    assert data["exit_code"] == 143 and data["stopped"]
+    assert data["notebooks"][0]["steps"]["execute"] == "failed"
+    assert (run_dir / "slow" / "slow_output.ipynb").is_file()  # the partial notebook was saved
+    assert (run_dir / "slow" / "summary.json").is_file() and (run_dir / "index.html").is_file()
+    assert "index.html" in rest
