@@ -102,6 +102,7 @@ def execute_notebook(
     log_path = Path(log_path) if log_path else output_path.parent / "papermill.log"
     if prepare.same_file(input_path, output_path):
         raise errors.InputError(f"output {output_path} is the input notebook; it is never overwritten")
+    _check_options(cwd, cell_timeout, timeout)
     nb = prepare.load_notebook(input_path)
     name = kernel or nb.metadata.get("kernelspec", {}).get("name") or "python3"
     prepare.check_writable(output_path.parent)
@@ -131,20 +132,22 @@ def execute_notebook(
             logger.info(f"Kept from the kernel (look like secrets; --pass-env NAME passes one): {', '.join(hidden)}")
         stop: _Stop | None = None
         nb_man = _manager(nb, output_path, logger, bar)
-        nb_man.notebook_start()
-        try:
-            with _guard.telemetry(opts, output_path.parent / "telemetry.json"):
-                stop = _run(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
-        except errors.Stopped as exc:  # a signal before the kernel was up
-            stop = _Stop(type(exc), str(exc), None, str(exc).replace("{", "(").replace("}", ")"))
+        try:  # whatever happens, what ran is saved
+            nb_man.notebook_start()
+            try:
+                with _guard.telemetry(opts, output_path.parent / "telemetry.json"):
+                    stop = _run(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
+            except errors.Stopped as exc:  # a signal before the kernel was up
+                stop = _Stop(type(exc), str(exc), None, str(exc).replace("{", "(").replace("}", ")"))
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+                _guard.finalize_notebook(nb)
+            stop = stop or _cell_error(nb)
+            if stop is not None:
+                _add_banner(nb, stop)
         finally:
-            nb_man.cleanup_pbar()
-            nb_man.notebook_complete()
-            _guard.finalize_notebook(nb)
-        stop = stop or _cell_error(nb)
-        if stop is not None:
-            _add_banner(nb, stop)
-        _save(nb, output_path)
+            _save(nb, output_path)
     result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
     if stop is None:
         return result
@@ -157,6 +160,14 @@ def execute_notebook(
     exc.result = result  # type: ignore[union-attr]
     exc.details = result.details()  # type: ignore[union-attr]
     raise exc
+
+
+def _check_options(cwd: Path | None, cell_timeout: float | None, timeout: float | None) -> None:
+    if cwd is not None and not Path(cwd).is_dir():
+        raise errors.InputError(f"--cwd {cwd} is not a directory")
+    for flag, value in (("--cell-timeout", cell_timeout), ("--timeout", timeout)):
+        if value is not None and value <= 0:
+            raise errors.UsageError(f"{flag} must be a positive number of seconds, not {value:g}")
 
 
 def _papermill_metadata(

@@ -45,8 +45,9 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]
     return out + ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
 
 
-def _step_rows(summary: Summary) -> list[tuple[Any, ...]]:
-    return [(f"{ICON.get(s['status'], '')} {s['status']}", s["name"], s["exit_code"],
+def _step_rows(summary: Summary, icons: bool = True) -> list[tuple[Any, ...]]:
+    # no emoji in index.html: a headless or minimal system may lack the font
+    return [(f"{ICON.get(s['status'], '')} {s['status']}" if icons else s["status"], s["name"], s["exit_code"],
              None if s["duration_s"] is None else f"{s['duration_s']:.1f}s", s["error"]) for s in summary.steps]
 
 
@@ -130,10 +131,10 @@ def _links(artifact_dir: Path) -> str:
 
 def page(summary: Summary, artifact_dir: Path) -> str:
     body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>',
-            tables.table(_step_rows(summary), header=("Status", "Step", "Exit", "Duration", "Error"),
+            tables.table(_step_rows(summary, icons=False), header=("Status", "Step", "Exit", "Duration", "Error"),
                          caption="Steps")]
     if summary.tests and "passed" in summary.tests:
-        body.append(tables.table([(label, summary.tests[k]) for k, label in TEST_ROWS],
+        body.append(tables.table([(label.split(" ", 1)[1], summary.tests[k]) for k, label in TEST_ROWS],
                                  header=("Metric", "Count"), caption="Tests"))
         body += [f"<p>Failing: <code>{html.escape(t)}</code></p>" for t in summary.tests["failing"]]
     body.append(tables.table(_fact_rows(summary), header=("Fact", "Value"), caption="Notebook and GPU"))
