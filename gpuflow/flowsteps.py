@@ -27,7 +27,7 @@ from gpuflow.log import log
 from gpuflow.resume import StepCache, digest, read_record
 from gpuflow.schedule import Slot
 
-KERNEL_START_TRIES = 3
+KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -150,3 +150,24 @@ def test_sigterm_stops_the_kernel_writes_summaries_exits_143(tmp_path: Path, tes
     assert (run_dir / "slow" / "slow_output.ipynb").is_file()  # the partial notebook was saved
     assert (run_dir / "slow" / "summary.json").is_file() and (run_dir / "index.html").is_file()
     assert "index.html" in rest
+
+
+@pytest.mark.slow
+def test_embedded_default_runs_the_bundled_notebook_and_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuflow import config
+
+    if not (config.PROJECT_ROOT / config.BUNDLED_NOTEBOOK).is_file() or not config.BUNDLED_TESTS.is_dir():
+        pytest.skip("the bundled notebook or test suite is not merged yet")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert main([]) == 0
+    run_dir = only_run(tmp_path / "gpuflow-out")
+    printed = capsys.readouterr().out
+    assert "scrna_preprocessing" in printed and f"index.html: {run_dir / 'index.html'}" in printed
+    nb_dir = run_dir / "scrna_preprocessing"
+    for name in ("scrna_preprocessing_output.ipynb", "scrna_preprocessing_output.html", "papermill.log",
+                 "jupyter_nbconvert.log", "coverage.xml", "pytest_results.xml", "pytest_report.html",
+                 "pytest_output.log", "STEP_SUMMARY.md", "summary.json", "index.html"):
+        assert (nb_dir / name).is_file(), name
+    assert json.loads((nb_dir / "summary.json").read_text())["tests"]["passed"] > 0
