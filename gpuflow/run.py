@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +239,20 @@ def _telemetry_mean(paths: list[Path]) -> float | None:
 
 
 def _write_run_summary(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
-    """run.json (the schedule: makespan, slots), then the run-level summary
-    of gpuflow.summary, with the schedule added to its JSON and Markdown."""
+    """The run-level summary of gpuflow.summary, then run.json (the schedule:
+    makespan, slots), which is also added to the summary's JSON and Markdown."""
+    from gpuflow.summary import write_run_summary
+
     run_dir = result.run_dir
+    # one call writes every notebook's summary too: each notebook's summary is
+    # appended to $GITHUB_STEP_SUMMARY exactly once
+    try:
+        write_run_summary(run_dir, title=f"gpuflow run {run_dir.name} ({cfg.profile})")
+        result = _with_summary(result, "ok", 0)
+    except (errors.GpuflowError, OSError) as exc:
+        log.error(cli.fail_line("gpuflow.summary", exc))
+        result = _with_summary(result, "failed", exc.exit_code if isinstance(exc, errors.GpuflowError)
+                               else errors.INTERNAL)
     schedule = {
         "run_id": run_dir.name, "exit_code": result.exit_code, "profile": cfg.profile,
         "makespan_s": result.makespan_s, "slots": result.slots,
@@ -249,19 +260,20 @@ def _write_run_summary(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
     }
     data = {**schedule, "notebooks": [dict(n.__dict__) for n in result.notebooks]}
     atomic_write_text(run_dir / "run.json", json.dumps(data, indent=2, default=str))
-    try:
-        from gpuflow.summary import write_run_summary
-
-        write_run_summary(run_dir, title=f"gpuflow run {run_dir.name} ({cfg.profile})")
-    except errors.GpuflowError as exc:
-        log.error(cli.fail_line("gpuflow.summary", exc))
+    index = run_dir / "index.html"
+    if not index.is_file():
         return result
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     atomic_write_text(run_dir / "summary.json", json.dumps({**summary, "run": schedule}, indent=2, default=str))
     markdown = (run_dir / "STEP_SUMMARY.md").read_text(encoding="utf-8")
     atomic_write_text(run_dir / "STEP_SUMMARY.md", markdown.rstrip("\n") + "\n\n" + schedule_markdown(result))
-    index = run_dir / "index.html"
-    return RunResult(**{**result.__dict__, "index_html": index if index.is_file() else None})
+    return replace(result, index_html=index)
+
+
+def _with_summary(result: RunResult, status: str, code: int) -> RunResult:
+    notebooks = [replace(n, steps={**n.steps, "summary": status}, codes={**n.codes, "summary": code},
+                         exit_code=errors.worst([n.exit_code, code])) for n in result.notebooks]
+    return replace(result, notebooks=notebooks, exit_code=errors.worst([result.exit_code, code]))
 
 
 def schedule_markdown(result: RunResult) -> str:

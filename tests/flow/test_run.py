@@ -171,3 +171,15 @@ def test_embedded_default_runs_the_bundled_notebook_and_suite(tmp_path: Path, mo
                  "pytest_output.log", "STEP_SUMMARY.md", "summary.json", "index.html"):
         assert (nb_dir / name).is_file(), name
     assert json.loads((nb_dir / "summary.json").read_text())["tests"]["passed"] > 0
+
+
+def test_fail_fast_starts_no_further_notebook(tmp_path: Path, test_repo: Path) -> None:
+    repo = tmp_path / "nbs"
+    notebook(repo / "a.ipynb", "raise RuntimeError('first')")
+    notebook(repo / "b.ipynb", OK)
+    out = tmp_path / "out"
+    assert main([*base_args(repo, test_repo, out), "--notebooks", "a.ipynb", "b.ipynb", "--fail-fast",
+                 "--skip-tests-on-failure"]) == 1
+    data = run_json(only_run(out))
+    assert [n["name"] for n in data["notebooks"]] == ["a"]
+    assert data["notebooks"][0]["steps"]["test"] == "skipped"
