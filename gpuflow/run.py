@@ -17,34 +17,18 @@ import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow import cli, errors, proc
+from gpuflow import cli, errors, proc, runreport
 from gpuflow import config as cfgmod
 from gpuflow.flowsteps import Flow, NotebookJob, NotebookResult, TestBase, in_process, run_notebook
 from gpuflow.fsutil import atomic_write_text, contained
 from gpuflow.log import log
+from gpuflow.runreport import RunResult
 from gpuflow.schedule import Pool, Slot, slots_for
 
 WORK = ".work"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunResult:
-    run_dir: Path
-    exit_code: int
-    notebooks: list[NotebookResult]
-    makespan_s: float
-    slots: dict[str, dict[str, Any]]
-    index_html: Path | None
-    stopped: errors.Stopped | None = None
-    error: str | None = None  # a run-level step that failed before any notebook ran
-
-    def __str__(self) -> str:
-        bad = [n for n in self.notebooks if n.exit_code != 0]
-        return f"{len(self.notebooks) - len(bad)} of {len(self.notebooks)} notebooks passed"
 
 
 def run_flow(
@@ -110,10 +94,10 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         executor.shutdown(wait=False, cancel_futures=True)
     makespan = round(time.monotonic() - t0, 3)
     codes += [r.exit_code for r in results] + ([stopped.exit_code] if stopped else [])
-    slot_report = _slot_report(slots, pool, makespan, results, run_dir)
+    slot_report = runreport.slot_report(slots, pool, makespan, results, run_dir)
     result = RunResult(run_dir=run_dir, exit_code=errors.worst(codes), notebooks=results,
                        makespan_s=makespan, slots=slot_report, index_html=None, stopped=stopped, error=error)
-    return _write_run_summary(result, cfg)
+    return runreport.write_run_summary(result, cfg)
 
 
 def _run_level(run_dir: Path, step: str, fn: Any) -> Any:
@@ -213,90 +197,6 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
     return jobs
 
 
-def _slot_report(slots: list[Slot], pool: Any, makespan: float, results: list[NotebookResult],
-                 run_dir: Path) -> dict[str, dict[str, Any]]:
-    report: dict[str, dict[str, Any]] = {}
-    for slot in slots:
-        busy = pool.busy_s.get(slot.name, 0.0) if pool is not None else 0.0
-        mine = [r for r in results if r.slot == slot.name]
-        report[slot.name] = {
-            "gpu": slot.gpu, "notebooks": [r.name for r in mine], "busy_s": round(busy, 3),
-            "busy_fraction": round(busy / makespan, 3) if makespan > 0 else 0.0,
-            "gpu_utilisation_mean": _telemetry_mean([run_dir / r.name / "telemetry.json" for r in mine]),
-        }
-    return report
-
-
-def _telemetry_mean(paths: list[Path]) -> float | None:
-    from gpuflow.summary import gpu_facts
-
-    values: list[float] = []
-    for path in paths:
-        mean = (gpu_facts(path) or {}).get("mean_utilization_pct")
-        if isinstance(mean, (int, float)):
-            values.append(float(mean))
-    return round(sum(values) / len(values), 1) if values else None
-
-
-def _write_run_summary(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
-    """The run-level summary of gpuflow.summary, then run.json (the schedule:
-    makespan, slots), which is also added to the summary's JSON and Markdown."""
-    from gpuflow.summary import write_run_summary
-
-    run_dir = result.run_dir
-    # one call writes every notebook's summary too: each notebook's summary is
-    # appended to $GITHUB_STEP_SUMMARY exactly once
-    try:
-        write_run_summary(run_dir, title=f"gpuflow run {run_dir.name} ({cfg.profile})")
-        result = _with_summary(result, "ok", 0)
-    except (errors.GpuflowError, OSError) as exc:
-        log.error(cli.fail_line("gpuflow.summary", exc))
-        result = _with_summary(result, "failed", exc.exit_code if isinstance(exc, errors.GpuflowError)
-                               else errors.INTERNAL)
-    schedule = {
-        "run_id": run_dir.name, "exit_code": result.exit_code, "profile": cfg.profile,
-        "makespan_s": result.makespan_s, "slots": result.slots,
-        "stopped": str(result.stopped) if result.stopped else None, "error": result.error,
-    }
-    data = {**schedule, "notebooks": [dict(n.__dict__) for n in result.notebooks]}
-    atomic_write_text(run_dir / "run.json", json.dumps(data, indent=2, default=str))
-    index = run_dir / "index.html"
-    if not index.is_file():
-        return result
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    atomic_write_text(run_dir / "summary.json", json.dumps({**summary, "run": schedule}, indent=2, default=str))
-    markdown = (run_dir / "STEP_SUMMARY.md").read_text(encoding="utf-8")
-    atomic_write_text(run_dir / "STEP_SUMMARY.md", markdown.rstrip("\n") + "\n\n" + schedule_markdown(result))
-    return replace(result, index_html=index)
-
-
-def _with_summary(result: RunResult, status: str, code: int) -> RunResult:
-    notebooks = [replace(n, steps={**n.steps, "summary": status}, codes={**n.codes, "summary": code},
-                         exit_code=errors.worst([n.exit_code, code])) for n in result.notebooks]
-    return replace(result, notebooks=notebooks, exit_code=errors.worst([result.exit_code, code]))
-
-
-def schedule_markdown(result: RunResult) -> str:
-    lines = [f"Makespan {result.makespan_s:.1f}s over {len(result.slots)} slot(s).", "",
-             "| Slot | Notebooks | Busy | GPU utilisation |", "|---|---|---|---|"]
-    for name, slot in result.slots.items():
-        util = slot["gpu_utilisation_mean"]
-        lines.append(f"| {name} | {', '.join(slot['notebooks']) or '-'} | {slot['busy_fraction']:.0%} | "
-                     f"{'-' if util is None else f'{util:.0f}%'} |")
-    return "\n".join(lines) + "\n"
-
-
-def status_table(result: RunResult) -> str:
-    steps = ("execute", "convert", "stage", "test", "summary")
-    rows = [["notebook", *steps, "exit", "time"]]
-    for n in result.notebooks:
-        rows.append([n.name, *(n.steps.get(s, "-") for s in steps), str(n.exit_code), f"{n.duration_s:.1f}s"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"{result}; makespan {result.makespan_s:.1f}s; exit {result.exit_code}")
-    return "\n".join(lines)
-
-
 def new_run_dir(out: Path) -> Path:
     """OUT/<UTC timestamp>-<random>: two runs started in the same second never collide."""
     for _ in range(10):
@@ -365,7 +265,7 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     log.info(f"run directory: {run_dir}")
     result = run_flow(resolved, run_dir=run_dir, resume=args.resume is not None,
                       reconfigure=lambda repo: _resolve(args, env, repo))
-    print(status_table(result))
+    print(runreport.status_table(result))
     print(f"index.html: {result.index_html or '(none)'}")
     if result.stopped is not None:
         raise result.stopped
