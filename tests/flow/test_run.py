@@ -183,3 +183,19 @@ def test_fail_fast_starts_no_further_notebook(tmp_path: Path, test_repo: Path) -
     data = run_json(only_run(out))
     assert [n["name"] for n in data["notebooks"]] == ["a"]
     assert data["notebooks"][0]["steps"]["test"] == "skipped"
+
+
+def test_gpus_pin_one_kernel_per_device(tmp_path: Path, test_repo: Path) -> None:
+    # pinning is only an environment variable: it can be checked without a GPU
+    repo = tmp_path / "nbs"
+    show = "import os; print('RESULT=', 'CVD=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"
+    for name in ("x", "y", "z"):
+        notebook(repo / f"{name}.ipynb", show)
+    out = tmp_path / "out"
+    assert main([*base_args(repo, test_repo, out), "--notebooks", "*.ipynb", "--gpus", "0,1"]) == 0
+    run_dir = only_run(out)
+    data = run_json(run_dir)
+    assert set(data["slots"]) == {"gpu0", "gpu1"}
+    for nb in data["notebooks"]:
+        device = data["slots"][nb["slot"]]["gpu"]
+        assert f"CVD={device}" in (run_dir / nb["name"] / f"{nb['name']}_output.ipynb").read_text()
