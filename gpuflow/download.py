@@ -106,7 +106,7 @@ def download(
     cache_dir: Path | None = None,
     headers: Mapping[str, str] | None = None,
     token_env: str | None = None,
-    backoff: float = 2.0,
+    backoff: float = 4.0,
 ) -> DownloadResult:
     """Download `url` to `dest`, verified against the checksums and size given.
 
@@ -412,7 +412,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--md5", default=None, help="expected MD5, checked while streaming")
     p.add_argument("--size", type=int, default=None, help="expected size in bytes")
     p.add_argument("--retries", type=int, default=5, help="retries after the first try (transient errors only)")
-    p.add_argument("--backoff", type=float, default=2.0, help="first retry wait in seconds; doubles each time")
+    p.add_argument("--backoff", type=float, default=4.0,
+                   help="first retry wait in seconds; doubles each time (the default 5 retries outlast a "
+                   "one-minute outage)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds for connecting and for each stalled read")
     p.add_argument("--cache-dir", type=Path, default=None, help="content cache keyed by URL and checksum")
     p.add_argument("--header", action="append", default=[], metavar="'K: V'", help="extra request header")

@@ -98,20 +98,20 @@ def test_kernel_death_is_exit_137_and_never_hangs(
     assert nb.cells[1].outputs[0].text == "first\n" and banners(nb)[1] == nb.cells[2].source
 
 
-def _sigterm_when_running(pidfile: Path, target: int) -> threading.Thread:
+def _sigterm_when_running(pidfile: Path, target: int, sig: int = signal.SIGTERM) -> threading.Thread:
     def send() -> None:
         deadline = time.monotonic() + 60
         while not pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        os.kill(target, signal.SIGTERM)
+        os.kill(target, sig)
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
     return thread
 
 
-def _terminated_line(line: str, out: Path) -> bool:
-    pattern = rf"gpuflow.execute: terminated by SIGTERM in cell 1( \(In \[2\]\))? \(see {re.escape(str(out))}\)"
+def _terminated_line(line: str, out: Path, how: str = "terminated by SIGTERM") -> bool:
+    pattern = rf"gpuflow.execute: {how} in cell 1( \(In \[2\]\))? \(see {re.escape(str(out))}\)"
     return re.fullmatch(pattern, line) is not None
 
 
@@ -122,18 +122,20 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_sigterm_in_process_is_exit_143(
-    make_notebook: MakeNotebook, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("sig", "code", "how"), [(signal.SIGTERM, 143, "terminated by SIGTERM"),
+                                                  (signal.SIGINT, 130, "interrupted by SIGINT")])
+def test_signal_in_process_saves_and_kills_the_kernel(
+    make_notebook: MakeNotebook, tmp_path: Path, capsys: pytest.CaptureFixture[str], sig: int, code: int, how: str
 ) -> None:
     pidfile = tmp_path / "kernel.pid"
     src = make_notebook("print('first')", PID_CELL.format(pidfile=str(pidfile)))
     out = tmp_path / "term" / "out.ipynb"
-    _sigterm_when_running(pidfile, os.getpid())
-    assert execute.main([str(src), str(out), "--no-progress-bar"]) == 143
-    assert _terminated_line(last_line(capsys.readouterr().err), out)
+    _sigterm_when_running(pidfile, os.getpid(), sig)
+    assert execute.main([str(src), str(out), "--no-progress-bar"]) == code
+    assert _terminated_line(last_line(capsys.readouterr().err), out, how)
     assert _gone(int(pidfile.read_text()))
     nb = read(out)
-    assert "terminated by SIGTERM" in banners(nb)[0] and nb.cells[1].outputs[0].text == "first\n"
+    assert how in banners(nb)[0] and nb.cells[1].outputs[0].text == "first\n"
 
 
 def test_sigterm_to_the_cli_process_saves_and_leaves_no_kernel(make_notebook: MakeNotebook, tmp_path: Path) -> None:
@@ -175,3 +177,21 @@ def test_library_raises_after_saving(make_notebook: MakeNotebook, tmp_path: Path
     result = info.value.result  # type: ignore[attr-defined]
     assert (result.status, result.exit_code, result.failed_cell) == ("failed", 1, 0)
     assert result.output.exists() and info.value.details["error"].startswith("cell 0 (In [1]) raised ValueError")  # type: ignore[attr-defined]
+
+
+def test_concurrent_runs_in_threads_keep_their_own_env(make_notebook: MakeNotebook, tmp_path: Path) -> None:
+    src = make_notebook("import os, time\ntime.sleep(0.5)\nprint(os.environ['CUDA_VISIBLE_DEVICES'])")
+    seen: dict[int, str] = {}
+
+    def run(gpu: int) -> None:
+        result = execute.execute_notebook(src, tmp_path / f"gpu{gpu}" / "out.ipynb", progress_bar=False,
+                                          env={**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}, log_level="INFO")
+        seen[gpu] = read(result.output).cells[0].outputs[0].text
+        assert f"{gpu}\n" in result.log.read_text() and f"{1 - gpu}\n" not in result.log.read_text()
+
+    threads = [threading.Thread(target=run, args=(gpu,)) for gpu in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=90)
+    assert seen == {0: "0\n", 1: "1\n"}

@@ -268,3 +268,21 @@ def test_refuses_unsafe_dest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wh
         clone.clone("http://127.0.0.1:9/x.git", dest)
     assert inner.is_dir()
     assert clone.main(["http://127.0.0.1:9/x.git", str(dest)]) == 2
+
+
+def test_inherited_git_env_of_a_hook_is_neutralised(history: History, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    git("init", "-q", cwd=other)
+    before = tree_snapshot(other / ".git")
+    # what a git hook's environment looks like: it points at another repository
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    monkeypatch.setenv("GIT_INDEX_FILE", str(other / ".git/index"))
+    result = clone.clone(str(history.path), tmp_path / "out", revision="feature")
+    assert result.commit == history.feature
+    monkeypatch.delenv("GIT_DIR")
+    monkeypatch.delenv("GIT_WORK_TREE")
+    monkeypatch.delenv("GIT_INDEX_FILE")
+    assert head(tmp_path / "out") == history.feature and tree_snapshot(other / ".git") == before
