@@ -33,7 +33,7 @@ def run_json(run_dir: Path) -> dict:
 
 
 def only_run(out: Path) -> Path:
-    runs = [p for p in out.iterdir() if p.is_dir()]
+    runs = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -199,3 +199,37 @@ def test_gpus_pin_one_kernel_per_device(tmp_path: Path, test_repo: Path) -> None
     for nb in data["notebooks"]:
         device = data["slots"][nb["slot"]]["gpu"]
         assert f"CVD={device}" in (run_dir / nb["name"] / f"{nb['name']}_output.ipynb").read_text()
+
+
+def test_git_repo_with_its_own_config_and_a_dataset(tmp_path: Path, test_repo: Path) -> None:
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from tests.conftest import make_git_repo
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "cells.txt").write_text("42\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cells.txt"
+        digest = hashlib.sha256(b"42\n").hexdigest()
+        origin = tmp_path / "origin"
+        notebook(origin / "nb.ipynb", "print('RESULT=', open('data/cells.txt').read().strip())")
+        make_git_repo(origin, {"pyproject.toml": (
+            '[tool.gpuflow]\nnotebooks = ["nb.ipynb"]\nmarker = "single_cell"\n'
+            f'[[tool.gpuflow.datasets]]\nurl = "{url}"\ndest = "data/cells.txt"\nsha256 = "{digest}"\n')})
+        out = tmp_path / "out"
+        assert main(["--repo", origin.as_uri(), "--test-repo", str(test_repo), "--out", str(out),
+                     "--gpu", "off"]) == 0
+    finally:
+        server.shutdown()
+    run_dir = only_run(out)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["sources"]["notebooks"].endswith("pyproject.toml")
+    assert "RESULT= 42" in (run_dir / "nb" / "nb_output.html").read_text()
+    assert json.loads((run_dir / "steps" / "datasets.json").read_text())["status"] == "success"
