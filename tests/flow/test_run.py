@@ -128,7 +128,9 @@ def test_bad_notebook_path_exits_2_with_a_run_summary(tmp_path: Path, test_repo:
     assert run_json(only_run(out))["exit_code"] == 2
 
 
-def test_sigterm_stops_the_kernel_writes_summaries_exits_143(tmp_path: Path, test_repo: Path) -> None:
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_kernel_writes_summaries_and_exits(tmp_path: Path, test_repo: Path,
+                                                              signum: int, code: int) -> None:
     repo = tmp_path / "nbs"
     notebook(repo / "slow.ipynb", "import time; print('started', flush=True); time.sleep(300)")
     out = tmp_path / "out"
@@ -140,12 +142,12 @@ def test_sigterm_stops_the_kernel_writes_summaries_exits_143(tmp_path: Path, tes
     for line in child.stdout:  # wait until the cell is running in the kernel
         if "started" in line:
             break
-    child.send_signal(signal.SIGTERM)
+    child.send_signal(signum)
     rest, _ = child.communicate(timeout=120)
-    assert child.returncode == 143, rest
+    assert child.returncode == code, rest
     run_dir = only_run(out)
     data = run_json(run_dir)
-    assert data["exit_code"] == 143 and data["stopped"]
+    assert data["exit_code"] == code and data["stopped"]
     assert data["notebooks"][0]["steps"]["execute"] == "failed"
     assert (run_dir / "slow" / "slow_output.ipynb").is_file()  # the partial notebook was saved
     assert (run_dir / "slow" / "summary.json").is_file() and (run_dir / "index.html").is_file()
