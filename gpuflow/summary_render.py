@@ -54,7 +54,7 @@ def _step_rows(summary: Summary, icons: bool = True) -> list[tuple[Any, ...]]:
 def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
     nb, gpu = summary.notebook, summary.gpu or {}
     rows = [("Cells", f"{nb.get('executed_cells', '?')} of {nb['cells']} executed" if "cells" in nb else None),
-            ("Failing cell", nb.get("failed_cell")), ("Notebook error", nb.get("error")),
+            ("Failing cell (index from 0)", nb.get("failed_cell")), ("Notebook error", nb.get("error")),
             ("Notebook duration", f"{nb['duration_s']:.1f}s" if nb.get("duration_s") is not None else None),
             ("GPU", gpu.get("name") or ("none recorded" if not summary.gpu else None)),
             ("GPU peak memory", f"{gpu['peak_memory_mib']:.0f} MiB" if gpu.get("peak_memory_mib") else None),

@@ -95,4 +95,17 @@ def test_bundled_suite_on_staged_html(tmp_path: Path, suite_copy: Path, fail: bo
         assert {f.split("::")[1].split("[")[0] for f in result.failing} == \
             {"test_marker_lines_present", "test_no_error_outputs"}
     else:
-        assert (result.exit_code, result.passed, result.failed) == (0, 4, 0), result
+        assert (result.exit_code, result.passed, result.failed) == (0, 5, 0), result
+
+
+def test_prepare_env_uses_this_interpreter_when_it_has_everything(tmp_path: Path) -> None:
+    import sys
+
+    repo = repo_with(tmp_path, {"requirements.txt": "pytest\n"})
+    assert testrun.prepare_env(repo) == sys.executable  # nothing to install: offline
+    assert testrun.prepare_env(repo, python="/some/python") == "/some/python"
+
+
+def test_bundled_suite_fails_on_an_empty_input_dir(tmp_path: Path, suite_copy: Path) -> None:
+    result = testrun.run_tests(suite_copy, marker="single_cell", out_dir=tmp_path / "out", install=False)
+    assert result.exit_code == 1 and result.failing == ("testcases.test_scrna_notebook::test_input_has_html",)

@@ -59,14 +59,14 @@ def test_all_records_give_success_and_junit_counts(art: Path) -> None:
     assert [s["name"] for s in data["steps"]] == ["execute", "convert", "stage", "test"]
     suite = ET.parse(art / "pytest_results.xml").getroot().find("testsuite")
     assert suite is not None
-    assert data["tests"]["passed"] == int(suite.get("tests", 0)) - int(suite.get("failures", 0)) == 4
+    assert data["tests"]["passed"] == int(suite.get("tests", 0)) - int(suite.get("failures", 0)) == 5
     assert data["gpu"]["name"] == "NVIDIA H100 80GB HBM3" and data["gpu"]["peak_memory_mib"] == 20480
     assert data["gpu"]["mean_utilization_pct"] == 50.0
     paths = {a["path"]: a for a in data["artifacts"]}
     assert {"scrna_preprocessing_output.html", "pytest_report.html", "coverage.xml", "telemetry.json"} <= set(paths)
     assert len(paths["coverage.xml"]["sha256"]) == 64
     md = (art / "STEP_SUMMARY.md").read_text()
-    assert "SUCCESS (exit 0)" in md and "| ✅ Passed | 4 |" in md and "| 🔶 XFailed | 0 |" in md
+    assert "SUCCESS (exit 0)" in md and "| ✅ Passed | 5 |" in md and "| 🔶 XFailed | 0 |" in md
     assert "NVIDIA H100 80GB HBM3" in md and "20480 MiB" in md and "4 of 4 executed" in md
     assert "<svg" in (art / "index.html").read_text()
     assert "<table>" in result._repr_html_()
@@ -82,7 +82,7 @@ def test_a_failed_step_makes_the_summary_fail(art: Path) -> None:
     step = data["steps"][0]
     assert step["status"] == "failed" and step["error"] == "gpuflow.execute: cell 7: ValueError: boom"
     md = (art / "STEP_SUMMARY.md").read_text()
-    assert "FAILED (exit 1)" in md and "| Failing cell | 7 |" in md and "\x1b" not in md
+    assert "FAILED (exit 1)" in md and "| Failing cell (index from 0) | 7 |" in md and "\x1b" not in md
     assert summary.main([str(art), "--exit-code"]) == 1
 
 
@@ -115,7 +115,7 @@ def test_github_step_summary_append_and_tekton_results(art: Path, tmp_path: Path
     text = gh.read_text()
     assert text.startswith("earlier step\n") and "SUCCESS (exit 0)" in text
     files = {p.name: p.read_text() for p in results.iterdir()}
-    assert files["status"] == "success" and files["tests-passed"] == "4" and files["tests-failed"] == "0"
+    assert files["status"] == "success" and files["tests-passed"] == "5" and files["tests-failed"] == "0"
     assert files["summary-path"].endswith("summary.json")
     assert sum(p.stat().st_size for p in results.iterdir()) < 1024
     assert not any(v.endswith("\n") for v in files.values())

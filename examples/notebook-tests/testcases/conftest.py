@@ -5,11 +5,7 @@ from pathlib import Path
 
 import pytest
 
-INPUT = Path(__file__).resolve().parent.parent / "input"
-
-
-def html_files() -> list[Path]:
-    return sorted(INPUT.rglob("*.html"))
+from htmlcheck import INPUT, html_files
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

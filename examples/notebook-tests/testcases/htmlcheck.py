@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from pathlib import Path
+
+INPUT = Path(__file__).resolve().parent.parent / "input"
 
 MARKER_PREFIX = "gpuflow-scrna:"
 STDERR_MIME = "application/vnd.jupyter.stderr"
@@ -13,6 +16,11 @@ TRACEBACK = "Traceback (most recent call last)"
 # papermill's --report-mode banner above a failed notebook
 PAPERMILL_BANNER = "An Exception was encountered at"
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+
+def html_files() -> list[Path]:
+    """Every executed-notebook page staged under input/."""
+    return sorted(INPUT.rglob("*.html"))
 
 
 @dataclass

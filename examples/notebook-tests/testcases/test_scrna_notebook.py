@@ -10,6 +10,11 @@ import htmlcheck
 pytestmark = [pytest.mark.single_cell, pytest.mark.notebook]
 
 
+def test_input_has_html() -> None:
+    # without this, an empty input/ would skip every check and pass
+    assert htmlcheck.html_files(), f"no *.html under {htmlcheck.INPUT}: stage the executed notebook's HTML first"
+
+
 @pytest.fixture
 def page(html_text: str) -> htmlcheck.Page:
     return htmlcheck.read(html_text)
