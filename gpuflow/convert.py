@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow import cli, errors, tables
-from gpuflow.cache import cache_dir
+from gpuflow.cachedir import cache_dir
 from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import log
 
@@ -132,19 +132,9 @@ def convert_notebook(
     logger = _file_logger(buffer)
     t0 = time.monotonic()
     try:
-        logger.info("Converting notebook %s to html", notebook)
-        nb = _read_notebook(notebook)
-        exporter = _exporter(template, no_input, embed_images, sanitize_html, logger)
-        _cache_templates(exporter)
-        try:
-            with _gc_paused():
-                body, _ = exporter.from_notebook_node(nb, resources=_metadata(notebook))
-        except Exception as exc:  # nbformat.ValidationError, template errors
-            raise errors.InputError(f"{notebook}: nbconvert failed: {str(exc).splitlines()[0][:200]}") from None
-        _check_html(body, notebook)
-        atomic_write_text(html_path, body)
-        size = html_path.stat().st_size
-        logger.info("Writing %d bytes to %s", size, html_path)
+        with _gc_paused():
+            size = _export(notebook, html_path, logger, template=template, no_input=no_input,
+                           embed_images=embed_images, sanitize_html=sanitize_html)
     except errors.GpuflowError as exc:
         logger.error("%s", exc)
         raise
@@ -154,11 +144,29 @@ def convert_notebook(
                          duration_s=round(time.monotonic() - t0, 3), log=log_path)
 
 
+def _export(notebook: Path, html_path: Path, logger: logging.Logger, *, template: str, no_input: bool,
+            embed_images: bool, sanitize_html: bool) -> int:
+    logger.info("Converting notebook %s to html", notebook)
+    nb = _read_notebook(notebook)
+    exporter = _exporter(template, no_input, embed_images, sanitize_html, logger)
+    _cache_templates(exporter)
+    try:
+        body, _ = exporter.from_notebook_node(nb, resources=_metadata(notebook))
+    except Exception as exc:  # nbformat.ValidationError, template errors
+        raise errors.InputError(f"{notebook}: nbconvert failed: {str(exc).splitlines()[0][:200]}") from None
+    _check_html(body, notebook)
+    atomic_write_text(html_path, body)
+    size = html_path.stat().st_size
+    logger.info("Writing %d bytes to %s", size, html_path)
+    return size
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    # nbconvert builds hundreds of thousands of short-lived objects (Jinja
-    # output, the BeautifulSoup tree of the page) and no cycles worth
-    # collecting mid-way; the collector's passes cost ~7% of a conversion
+    # importing nbconvert (~650 modules) and building the page (Jinja output,
+    # a BeautifulSoup tree) allocate hundreds of thousands of objects and no
+    # cycles worth collecting mid-way: the collector's passes cost ~10% of a
+    # conversion (benchmarks/convert_bench.py)
     was_enabled = gc.isenabled()
     gc.disable()
     try:

@@ -14,9 +14,7 @@ import hashlib
 import http.client
 import json
 import os
-import shutil
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -26,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gpuflow import cli
+from gpuflow import cache, cli
 from gpuflow.errors import AuthError, ChecksumError, ConfigError, DownloadError, InputError
-from gpuflow.fsutil import atomic_path, atomic_write_text
+from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import add_secret, log, redact
+from gpuflow.progress import Progress
 from gpuflow.retry import Backoff, with_retries
 
 CHUNK = 1 << 20
-PROGRESS_EVERY_S = 15.0  # plain progress lines in CI logs: often enough to see it move, not to flood
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,9 +144,10 @@ def download(
                 _discard(part)
                 raise ChecksumError(f"{again} ({redact(url)}), also after a fresh download") from None
         os.replace(part, dest)
-        _meta_path(part).unlink(missing_ok=True)
+        cache.sidecar(part).unlink(missing_ok=True)
     if cache_dir is not None:
-        _cache_store(dest, _cache_entry(cache_dir, url, expect), url, digests.sha256.hexdigest())
+        cache.store(dest, cache.entry_for(cache_dir, url, expect.sha256 or expect.md5), url,
+                    digests.sha256.hexdigest())
     source = "resumed" if stats["resumed_from"] else "network"
     return _result(dest, digests, source, start, stats["transferred"])
 
@@ -202,18 +201,17 @@ def _from_disk(url: str, dest: Path, expect: _Expect, cache_dir: Path | None) ->
             return digests
     if cache_dir is None:
         return None
-    entry = _cache_entry(cache_dir, url, expect)
+    entry = cache.entry_for(cache_dir, url, expect.sha256 or expect.md5)
     if not entry.is_file():
         return None
-    recorded = _read_json(_meta_path(entry)).get("sha256")
-    check = _Expect(expect.sha256 or recorded, expect.md5, expect.size)
+    check = _Expect(expect.sha256 or cache.recorded_sha256(entry), expect.md5, expect.size)
     digests = _digest_file(entry, check)
     problem = digests.problem(check) if check.sha256 else "no recorded checksum"
     if problem is not None:
         log.warning(f"cache entry {entry} is corrupt ({problem}); replacing it")
-        entry.unlink(missing_ok=True)
+        cache.evict(entry)
         return None
-    _link_or_copy(entry, dest)
+    cache.link_or_copy(entry, dest)
     log.info(f"cache hit: {entry} -> {dest}")
     return digests
 
@@ -227,7 +225,7 @@ def _fetch(url: str, part: Path, headers: Mapping[str, str], timeout: float, exp
     request = urllib.request.Request(url, headers=dict(headers))
     if offset:
         request.add_header("Range", f"bytes={offset}-")
-        validator = _read_json(_meta_path(part)).get("validator")
+        validator = cache.read_json(cache.sidecar(part)).get("validator")
         if validator:
             request.add_header("If-Range", validator)  # changed upstream: the server sends it all again
     try:
@@ -245,7 +243,7 @@ def _fetch(url: str, part: Path, headers: Mapping[str, str], timeout: float, exp
             offset, digests = 0, _Digests(bool(expect.md5))
         if offset == 0:
             validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-            atomic_write_text(_meta_path(part), json.dumps({"url": redact(url), "validator": validator}))
+            atomic_write_text(cache.sidecar(part), json.dumps({"url": redact(url), "validator": validator}))
         else:
             log.info(f"resuming at byte {offset}")
         stats["resumed_from"] = offset
@@ -265,7 +263,7 @@ def _fetch(url: str, part: Path, headers: Mapping[str, str], timeout: float, exp
 
 def _stream(response: Any, out: IO[bytes], digests: _Digests, stats: dict[str, int],
             total: int | None, offset: int) -> int:
-    progress = _Progress(total, offset)
+    progress = Progress(total, offset)
     got = 0
     try:
         while True:
@@ -288,7 +286,7 @@ def _stream(response: Any, out: IO[bytes], digests: _Digests, stats: dict[str, i
 def _resumable_offset(url: str, part: Path) -> int:
     if not part.is_file():
         return 0
-    if _read_json(_meta_path(part)).get("url") != redact(url):
+    if cache.read_json(cache.sidecar(part)).get("url") != redact(url):
         _discard(part)  # a leftover from another URL: not ours to continue
         return 0
     return part.stat().st_size
@@ -314,71 +312,8 @@ def _http_error(exc: urllib.error.HTTPError, url: str) -> DownloadError:
 def _network_error(exc: BaseException, url: str) -> DownloadError:
     reason = getattr(exc, "reason", exc)
     if isinstance(reason, (OSError, http.client.HTTPException, socket.timeout)):
-        return _Transient(f"{reason or type(reason).__name__} ({redact(url)})")
-    return DownloadError(f"{reason} ({redact(url)})")
-
-
-class _Progress:
-    """tqdm on a terminal; a plain line every PROGRESS_EVERY_S in CI logs."""
-
-    def __init__(self, total: int | None, initial: int) -> None:
-        self.total, self.initial = total, initial
-        self.started = self.last = time.monotonic()
-        self.bar: Any = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm  # lazily: only a terminal draws a bar
-
-            self.bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                            file=sys.stderr, leave=False)
-        self.done = initial
-
-    def update(self, done: int) -> None:
-        if self.bar is not None:
-            self.bar.update(done - self.done)
-        elif time.monotonic() - self.last >= PROGRESS_EVERY_S:
-            self.last = time.monotonic()
-            log.info(self.line(done))
-        self.done = done
-
-    def line(self, done: int) -> str:
-        rate = (done - self.initial) / max(time.monotonic() - self.started, 1e-6)
-        text = f"{_mib(done)}"
-        if self.total:
-            eta = (self.total - done) / rate if rate > 0 else float("inf")
-            text += f" of {_mib(self.total)} ({100 * done / self.total:.0f}%), ETA {eta:.0f}s"
-        return f"{text} at {_mib(int(rate))}/s"
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _mib(n: int) -> str:
-    return f"{n / (1 << 20):.1f} MiB"
-
-
-# -- cache ------------------------------------------------------------------------
-def _cache_entry(cache_dir: Path, url: str, expect: _Expect) -> Path:
-    key = hashlib.sha256(f"{url}\n{expect.sha256 or expect.md5 or ''}".encode()).hexdigest()[:24]
-    name = Path(urllib.parse.urlsplit(url).path).name or "download"
-    return Path(cache_dir) / f"{key}-{name}"
-
-
-def _cache_store(dest: Path, entry: Path, url: str, sha256: str) -> None:
-    try:
-        _link_or_copy(dest, entry)
-        atomic_write_text(_meta_path(entry), json.dumps({"url": redact(url), "sha256": sha256}))
-    except (OSError, InputError) as exc:  # a cache that cannot be written is not worth failing the step for
-        log.warning(f"could not store {dest} in the cache: {exc}")
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    with atomic_path(target) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)  # no second copy of a multi-GB file when both are on one filesystem
-        except OSError:
-            shutil.copyfile(source, tmp)
+        return _Transient(f"cannot reach {redact(url)}: {reason or type(reason).__name__}")
+    return DownloadError(f"cannot reach {redact(url)}: {reason}")
 
 
 def _digest_file(path: Path, expect: _Expect) -> _Digests:
@@ -387,21 +322,9 @@ def _digest_file(path: Path, expect: _Expect) -> _Digests:
     return digests
 
 
-def _meta_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _discard(part: Path) -> None:
     part.unlink(missing_ok=True)
-    _meta_path(part).unlink(missing_ok=True)
+    cache.sidecar(part).unlink(missing_ok=True)
 
 
 # -- CLI ------------------------------------------------------------------------

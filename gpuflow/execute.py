@@ -45,6 +45,7 @@ class ExecuteResult:
     def details(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
+
 def execute_notebook(
     input_path: Path,
     output_path: Path,
@@ -95,9 +96,9 @@ def execute_notebook(
         runner.write_notebook(nb, output_path)
         return replace(base, duration_s=round(time.monotonic() - t0, 3))
     kernel_env = _kernel.kernel_env(env, pass_env)
-    with run_logger(log_path, log_level, progress_bar) as (logger, bar):
-        logger.info(f"Input Notebook:  {input_path}")
-        logger.info(f"Output Notebook: {output_path}")
+    # the step folds the long kernel log on GitHub Actions; bad input never gets here
+    with log.step(f"execute {input_path.name}"), run_logger(log_path, log_level, progress_bar) as (logger, bar):
+        logger.info(f"Input Notebook:  {input_path}\nOutput Notebook: {output_path}")
         logger.info(f"Preparation: {report.summary()}")
         hidden = _kernel.withheld(env, pass_env)
         if hidden:
@@ -120,13 +121,18 @@ def execute_notebook(
                 _add_banner(nb, stop)
         finally:
             runner.write_notebook(nb, output_path)
-    result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
-    if stop is None:
-        return result
+        result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
+        if stop is not None:
+            _raise_for(stop, nb, origin, result)  # inside the step, so that it reads "failed"
+    return result
+
+
+def _raise_for(stop: runner.Stop, nb: Any, origin: dict[Any, int], result: ExecuteResult) -> None:
+    """Raise the stop's exception with its one-line message and the result."""
     failed = _input_index(nb, stop.cell, origin)
     where = _where(nb, stop.cell, failed)
     what = stop.what.format(where=where) if where else stop.what.replace(" in {where}", "").replace("{where} ", "")
-    message = f"{what} (see {output_path})"
+    message = f"{what} (see {result.output})"
     result = replace(result, status="failed", exit_code=stop.exc.exit_code, failed_cell=failed, error=message)
     exc = stop.exc(message)
     exc.result = result  # type: ignore[union-attr]

@@ -52,7 +52,11 @@ def with_retries(
         try:
             return attempt(n)
         except Exception as exc:
-            if n >= policy.attempts or not transient(exc):
+            if not transient(exc):
+                raise
+            if n >= policy.attempts:
+                if n > 1:
+                    log.warning(f"{what}: giving up after {n} tries")
                 raise
             wait = policy.delay(n)
             log.warning(f"{what}: try {n}/{policy.attempts} failed ({_first_line(exc)}); "

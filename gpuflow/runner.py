@@ -66,6 +66,7 @@ def manager(nb: Any, output_path: Path, logger: Any, bar: Any) -> Any:
     manager = Manager(nb, output_path=str(output_path), log_output=False, progress_bar=bar or False)
     return manager
 
+
 def run(
     nb_man: Any, name: str, env: dict[str, str], cwd: Path | None,
     cell_timeout: float | None, timeout: float | None, logger: Any,
@@ -91,41 +92,43 @@ def run(
     def on_started(notebook: Any) -> None:
         state.started = True
 
-    for attempt in (1, 2):
-        state.km = _kernel.new_manager(name)
-        client = PapermillNotebookClient(
-            nb_man, km=state.km, kernel_name=name, startup_timeout=STARTUP_TIMEOUT, log=logger,
-            log_output=True, timeout_func=timeout_func, iopub_timeout=IOPUB_TIMEOUT,
-            on_cell_start=on_cell_start, on_notebook_start=on_started,
-        )
-        stop: Stop | None = None
-        try:
-            with _signals_kill(state):
+    # the handler covers the kernel's shutdown too: a second signal there must not
+    # leave a kernel behind
+    with _signals_kill(state):
+        for attempt in (1, 2):
+            state.km = _kernel.new_manager(name)
+            client = PapermillNotebookClient(
+                nb_man, km=state.km, kernel_name=name, startup_timeout=STARTUP_TIMEOUT, log=logger,
+                log_output=True, timeout_func=timeout_func, iopub_timeout=IOPUB_TIMEOUT,
+                on_cell_start=on_cell_start, on_notebook_start=on_started,
+            )
+            stop: Stop | None = None
+            try:
                 client.execute(env=env, cwd=str(cwd) if cwd else None)
-        except errors.NotebookTimeout:
-            stop = _timeout_stop(state, timeout, cell_timeout, between_cells=True)
-        except CellTimeoutError:
-            stop = _timeout_stop(state, timeout, cell_timeout)
-        except DeadKernelError:
-            stop = _death_stop(state)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            if state.started or state.stopped_by:
-                stop = _death_stop(state) if not state.stopped_by else _signal_stop(state)
-            elif attempt == 1:
-                logger.warning(f"kernel {name} did not start ({exc}); retrying once")
-                continue
-            else:
-                stop = Stop(errors.KernelDied, f"kernel {name} did not start: {exc}", None,
-                             f"The kernel {name} did not start: {exc}")
-        finally:
-            if client.kc is not None:
-                client.kc.stop_channels()
-            _kernel.shutdown(state.km, interrupt=stop is not None and stop.exc is not errors.KernelDied)
-            _kernel.cancel_pending_tasks()
-        if state.stopped_by and (stop is None or stop.exc is errors.KernelDied):
-            stop = _signal_stop(state)
-        return stop
-    return None
+            except errors.NotebookTimeout:
+                stop = _timeout_stop(state, timeout, cell_timeout, between_cells=True)
+            except CellTimeoutError:
+                stop = _timeout_stop(state, timeout, cell_timeout)
+            except DeadKernelError:
+                stop = _death_stop(state)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                if state.started or state.stopped_by:
+                    stop = _death_stop(state) if not state.stopped_by else _signal_stop(state)
+                elif attempt == 1:
+                    logger.warning(f"kernel {name} did not start ({exc}); retrying once")
+                    continue
+                else:
+                    stop = Stop(errors.KernelDied, f"kernel {name} did not start: {exc}", None,
+                                 f"The kernel {name} did not start: {exc}")
+            finally:
+                if client.kc is not None:
+                    client.kc.stop_channels()
+                _kernel.shutdown(state.km, interrupt=stop is not None and stop.exc is not errors.KernelDied)
+                _kernel.cancel_pending_tasks()
+            if state.stopped_by and (stop is None or stop.exc is errors.KernelDied):
+                stop = _signal_stop(state)
+            return stop
+        return None
 
 
 def _timeout_stop(state: State, timeout: float | None, cell_timeout: float | None,
@@ -145,11 +148,14 @@ def _death_stop(state: State) -> Stop:
 
 
 def _signal_stop(state: State) -> Stop:
-    signum = state.stopped_by or signal.SIGTERM
-    exc = errors.Interrupted if signum == signal.SIGINT else errors.Terminated
-    verb = "interrupted" if signum == signal.SIGINT else "terminated"
-    what = f"{verb} by {signal.Signals(signum).name}"
-    return Stop(exc, what + " in {where}", state.current, f"{what}; the kernel was shut down")
+    exc = _stopped(state.stopped_by or signal.SIGTERM)
+    return Stop(type(exc), f"{exc} in {{where}}", state.current, f"{exc}; the kernel was shut down")
+
+
+def _stopped(signum: int) -> errors.Stopped:
+    if signum == signal.SIGINT:
+        return errors.Interrupted("interrupted by SIGINT", signum=signum)
+    return errors.Terminated(f"terminated by {signal.Signals(signum).name}", signum=signum)
 
 
 @contextmanager
@@ -165,9 +171,7 @@ def _signals_kill(state: State) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         state.stopped_by = signum
         if not _kernel.kill_now(state.km):
-            exc = errors.Interrupted if signum == signal.SIGINT else errors.Terminated
-            verb = "interrupted" if signum == signal.SIGINT else "terminated"
-            raise exc(f"{verb} by {signal.Signals(signum).name}", signum=signum)
+            raise _stopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -175,6 +179,7 @@ def _signals_kill(state: State) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
 
 def write_notebook(nb: Any, path: Path) -> None:
     import nbformat

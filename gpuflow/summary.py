@@ -187,9 +187,9 @@ def build_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
     )
 
 
-def write_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
+def write_summary(artifact_dir: Path, *, title: str | None = None, append: bool = True) -> Summary:
     """Write summary.json, STEP_SUMMARY.md and index.html into `artifact_dir`;
-    append the Markdown to $GITHUB_STEP_SUMMARY when it is set."""
+    append the Markdown to $GITHUB_STEP_SUMMARY when it is set (and `append`)."""
     from gpuflow import summary_render
 
     summary = build_summary(artifact_dir, title=title)
@@ -197,7 +197,8 @@ def write_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
     atomic_write_text(Path(artifact_dir) / "summary.json", summary.to_json())
     atomic_write_text(Path(artifact_dir) / "STEP_SUMMARY.md", markdown)
     atomic_write_text(Path(artifact_dir) / "index.html", summary_render.page(summary, Path(artifact_dir)))
-    append_step_summary(markdown)
+    if append:
+        append_step_summary(markdown)
     return summary
 
 
@@ -215,7 +216,7 @@ def write_run_summary(run_dir: Path, *, title: str | None = None) -> Summary:
 
     run_dir = Path(run_dir)
     dirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / record.RECORD_DIR).is_dir())
-    parts = [(d.name, write_summary(d)) for d in dirs]
+    parts = [(d.name, write_summary(d, append=False)) for d in dirs]
     code = errors.worst([s.exit_code for _, s in parts]) if parts else errors.StepFailed.exit_code
     steps = [{"name": name, "status": s.status, "exit_code": s.exit_code, "duration_s": None,
               "error": next((r["error"] for r in s.steps if r["error"]), None)} for name, s in parts]
@@ -227,6 +228,9 @@ def write_run_summary(run_dir: Path, *, title: str | None = None) -> Summary:
         {**asdict(summary), "notebooks": {n: asdict(s) for n, s in parts}}, indent=2, default=str))
     atomic_write_text(run_dir / "STEP_SUMMARY.md", markdown)
     atomic_write_text(run_dir / "index.html", summary_render.run_page(summary, parts))
+    # the run table first, then each notebook's details
+    append_step_summary("\n".join([markdown, *((d / "STEP_SUMMARY.md").read_text(encoding="utf-8")
+                                              for d in dirs)]))
     return summary
 
 

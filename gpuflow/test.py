@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuflow import cli, errors, proc, tables
-from gpuflow.cache import cache_dir
+from gpuflow.cachedir import cache_dir
 from gpuflow.log import log
 
 PLUGINS = {"pytest_cov": "pytest-cov", "pytest_html": "pytest-html"}

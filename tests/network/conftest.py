@@ -195,6 +195,7 @@ class FileFaults:
     honor_range: bool = True
     drop_after: list[int] = field(default_factory=list)  # per request: close after N body bytes
     stall_after: list[int] = field(default_factory=list)  # per request: stop sending after N bytes, keep open
+    stall_s: float = 3.0  # how long a stalled response stays open (longer than the client's timeout)
     unavailable: int = 0
     log: list[tuple[str | None, int, int]] = field(default_factory=list)  # (Range, status, body bytes sent)
 
@@ -242,7 +243,7 @@ class FileHandler(BaseHTTPRequestHandler):
             pass
         faults.log.append((wanted, status, sent))
         if stall is not None and cut < len(body):
-            time.sleep(3)  # longer than the client's timeout
+            time.sleep(faults.stall_s)
         if cut < len(body):
             self.close_connection = True
             self.connection.shutdown(2)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,35 @@ def test_permanent_failures_fail_at_once(served: Any, tmp_path: Path, url_suffix
     assert not (tmp_path / "out").exists()
 
 
+def test_results_on_failure(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = run_cli("http://user:hunter2-secret@127.0.0.1:9/x.git", str(tmp_path / "out"), "--retries", "0",
+                   "--results-dir", str(results))
+    assert proc.returncode == 3 and "hunter2" not in proc.stderr
+    files = {p.name: p.read_text() for p in results.iterdir() if p.is_file()}
+    assert files == {"commit-sha": "", "url": "http://127.0.0.1:9/x.git", "backup-path": "",
+                     "clone-status": "failed"}
+    record = (results / "steps/clone.json").read_text()
+    assert '"exit_code": 3' in record and "hunter2" not in record
+
+
+def test_home_and_its_parents_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home" / "me"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    for dest in (home, tmp_path / "home"):
+        with pytest.raises(UnsafePathError):
+            clone.clone("http://127.0.0.1:9/x.git", dest)
+    monkeypatch.delenv("HOME")
+    with pytest.raises(CloneError):  # no HOME at all (an arbitrary container UID): still works
+        clone.clone("http://127.0.0.1:9/x.git", tmp_path / "out", retries=0)
+
+
 def _watch_argv(stop: threading.Event, seen: list[str]) -> None:
     while not stop.is_set():
         for p in psutil.process_iter(["cmdline"]):
             seen.append(" ".join(p.info["cmdline"] or []))
+        time.sleep(0.01)  # git's children live for ~0.1 s: sampled often enough, without hogging a core
 
 
 def test_token_never_leaks(git_server: Any, history: History, tmp_path: Path) -> None:
@@ -160,6 +186,7 @@ def test_token_never_leaks(git_server: Any, history: History, tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == history.commits[-1]
     assert "fetch" in argv_log.read_text()  # the shim did see git's argv
+    assert any("git fetch" in line for line in seen)  # the watcher did catch git's children
     import base64
     encoded = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
     haystacks = {"stdout": proc.stdout, "stderr": proc.stderr, "argv": argv_log.read_text(), "ps": "\n".join(seen)}

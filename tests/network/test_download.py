@@ -117,6 +117,7 @@ def test_verified_dest_is_not_downloaded_again(served: FileServer, payload: byte
 
 def test_killed_process_resumes_on_next_run(served: FileServer, payload: bytes, tmp_path: Path) -> None:
     served.faults.stall_after = [len(payload) // 2]  # then hangs, so the kill lands mid-download
+    served.faults.stall_s = 30.0
     dest = tmp_path / "f"
     part = tmp_path / "f.part"
     child = subprocess.Popen([sys.executable, "-m", "gpuflow.download", served.url("/data.h5ad"), str(dest),
@@ -173,7 +174,7 @@ def test_secrets_never_logged(served: FileServer, tmp_path: Path) -> None:
 
 def test_plain_progress_lines(served: FileServer, payload: bytes, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(dl, "PROGRESS_EVERY_S", 0.0)
+    monkeypatch.setattr("gpuflow.progress.EVERY_S", 0.0)
     monkeypatch.setattr(dl, "CHUNK", 256 * 1024)
     dl.download(served.url("/data.h5ad"), tmp_path / "f")
     lines = [line for line in capsys.readouterr().err.splitlines() if "MiB/s" in line]
@@ -196,7 +197,7 @@ def test_cache_without_checksum_verifies_against_recorded_sha(served: FileServer
 
 
 def test_import_is_cheap() -> None:
-    code = ("import sys, gpuflow.clone, gpuflow.download, gpuflow.retry, gpuflow.backup\n"
+    code = ("import sys, gpuflow.clone, gpuflow.download, gpuflow.retry, gpuflow.backup, gpuflow.cache, gpuflow.progress\n"
             "heavy = {'git', 'tqdm', 'papermill', 'nbconvert'} & set(sys.modules)\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -97,3 +97,19 @@ def test_importing_the_report_steps_stays_light() -> None:
         done = subprocess.run([sys.executable, "-m", f"gpuflow.{step}", "--help"], cwd=ROOT,
                               capture_output=True, text=True)
         assert done.returncode == 0 and "usage:" in done.stdout
+
+
+@pytest.mark.slow
+def test_same_html_as_jupyter_nbconvert_on_a_blueprint_notebook(corpus: Path, tmp_path: Path) -> None:
+    import shutil
+
+    nb = tmp_path / "01_scRNA_analysis_preprocessing.ipynb"
+    shutil.copyfile(corpus / nb.name, nb)
+    jupyter = Path(sys.executable).with_name("jupyter")
+    if not jupyter.is_file():
+        pytest.skip("no jupyter CLI beside this interpreter")
+    subprocess.run([str(jupyter), "nbconvert", "--to", "html", str(nb), "--output", str(tmp_path / "cli.html")],
+                   check=True, capture_output=True)
+    ours = convert.convert_notebook(nb).html
+    assert ours == tmp_path / "01_scRNA_analysis_preprocessing.html"
+    assert ours.read_text() == (tmp_path / "cli.html").read_text()

@@ -121,7 +121,9 @@ def test_github_step_summary_append_and_tekton_results(art: Path, tmp_path: Path
     assert not any(v.endswith("\n") for v in files.values())
 
 
-def test_run_summary_aggregates_notebooks(art: Path) -> None:
+def test_run_summary_aggregates_notebooks(art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gh = tmp_path / "gh.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(gh))
     run_dir = art.parent
     failed = run_dir / "other_notebook"
     record.write(failed, record.StepRecord(name="execute", status="failed", exit_code=137, duration_s=1.0))
@@ -131,6 +133,8 @@ def test_run_summary_aggregates_notebooks(art: Path) -> None:
     assert 'href="scrna_preprocessing/index.html"' in page and 'href="other_notebook/index.html"' in page
     assert (failed / "summary.json").is_file()
     assert "| ❌ failed | other_notebook | 137 |" in (run_dir / "STEP_SUMMARY.md").read_text()
+    text = gh.read_text()
+    assert text.index("other_notebook | 137") < text.index("## ✅ scrna_preprocessing: SUCCESS")
 
 
 class _Links(HTMLParser):
