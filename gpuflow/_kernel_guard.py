@@ -286,8 +286,10 @@ def record_cell_stats(path: str) -> bool:
             return
         if s is None:
             return
+        # a Statistics dataclass in current RMM, a dict of counters in older ones
+        field = (lambda k: s[k]) if isinstance(s, dict) else (lambda k: getattr(s, k))
         row = {"cell": getattr(result, "execution_count", None),
-               "peak_bytes": int(s.peak_bytes), "total_bytes": int(s.total_bytes)}
+               "peak_bytes": int(field("peak_bytes")), "total_bytes": int(field("total_bytes"))}
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
