@@ -136,21 +136,22 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
     if cfg.cell_timeout is not None:
         cmd += ["--cell-timeout", str(cfg.cell_timeout)]
     env = {**os.environ, **slot.env()}
-    cache.intend("execute", inputs)
     for attempt in range(1, KERNEL_START_TRIES + 1):
+        cache.intend("execute", inputs)
         t0, started = time.monotonic(), _now()
         done = proc.run(cmd, env=env, check=False, on_line=lambda line: log.raw(f"[{job.name}] {line}"))
         rec = read_record(job.dir, "execute")
-        if rec is None:  # the child died before it could record anything
-            code = done.returncode if done.returncode > 0 else 128 - done.returncode
-            _record(job.dir, "execute", code, time.monotonic() - t0, _tail(done.stdout), {}, started=started)
+        if rec is None:  # the child died before it could record anything (a signal: 128 + signum)
+            died = done.returncode if done.returncode > 0 else 128 - done.returncode
+            _record(job.dir, "execute", died, time.monotonic() - t0, _tail(done.stdout), {}, started=started)
             rec = read_record(job.dir, "execute")
-        if not _kernel_never_started(done.returncode, rec) or attempt == KERNEL_START_TRIES or flow.stop.is_set():
+        code = rec.exit_code if rec is not None else errors.INTERNAL
+        if not _kernel_never_started(code, rec) or attempt == KERNEL_START_TRIES or flow.stop.is_set():
             break
         log.warning(f"{job.name}: the kernel did not start (try {attempt}); starting a fresh one")
         time.sleep(attempt)
     cache.stamp("execute", inputs, [job.output])
-    return _status(done.returncode)
+    return _status(code)
 
 
 def _kernel_never_started(code: int, rec: record.StepRecord | None) -> bool:
@@ -158,7 +159,9 @@ def _kernel_never_started(code: int, rec: record.StepRecord | None) -> bool:
     # picked and bound) has executed nothing; a fresh process gets new ports.
     if code not in (errors.KernelDied.exit_code, errors.INTERNAL) or rec is None:
         return False
-    return not rec.details.get("executed_cells")
+    # executed_cells is 0, not absent: absent means the execute process itself
+    # died mid-run, which a retry would only repeat
+    return rec.details.get("executed_cells", -1) == 0
 
 
 def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:

@@ -257,3 +257,16 @@ def test_resume_after_sigkill_right_after_execute(tmp_path: Path, test_repo: Pat
     assert main(["--resume", str(run_dir)]) == 0
     assert json.loads((run_dir / "nb" / "steps" / "execute.json").read_text())["started_at"] == executed["started_at"]
     assert run_json(run_dir)["notebooks"][0]["steps"]["execute"] == "kept"
+
+
+def test_execute_process_killed_is_recorded_and_reported(tmp_path: Path, test_repo: Path) -> None:
+    # the kernel kills its parent, the gpuflow.execute process: no record from it, so run writes one
+    repo = tmp_path / "nbs"
+    notebook(repo / "nb.ipynb", "import os, signal; os.kill(os.getppid(), signal.SIGKILL)")
+    out = tmp_path / "out"
+    assert main([*base_args(repo, test_repo, out), "--notebooks", "nb.ipynb"]) == 137
+    run_dir = only_run(out)
+    rec = json.loads((run_dir / "nb" / "steps" / "execute.json").read_text())
+    assert (rec["status"], rec["exit_code"]) == ("failed", 137)
+    assert run_json(run_dir)["notebooks"][0]["failed_step"] == "execute"
+    assert (run_dir / "nb" / "summary.json").is_file()
