@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ class Flow:
     resume: bool
     repo: Path
     test_base: Future[TestBase] | None
+    background: Executor  # fetches the test repo and copies it, off the critical path
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -94,16 +95,17 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     def note(step: str, status: str, code: int) -> None:
         steps[step], codes[step] = status, code
 
+    copy = flow.background.submit(_copy_test_repo, flow, job) if flow.test_base is not None else None
     note("execute", *_execute(flow, job, slot, cache))
     if job.output.exists() and not flow.stop.is_set():
         note("convert", *_convert(job, cache))
     failed = any(c != 0 for c in codes.values())
-    if flow.test_base is not None and not flow.stop.is_set():
+    if copy is not None and not flow.stop.is_set():
         if failed and flow.config.skip_tests_on_failure:
             _record(job.dir, "test", 0, 0.0, None, {"reason": "--skip-tests-on-failure"}, status="skipped")
             note("test", "skipped", 0)
         elif job.html.exists():
-            note("stage", *_stage(flow, job))
+            note("stage", *_stage(flow, job, copy))
             if codes["stage"] == 0 and not flow.stop.is_set():
                 note("test", *_test(flow, job, cache))
     # the summaries are written once for all notebooks, by write_run_summary
@@ -161,7 +163,7 @@ def _kernel_never_started(code: int, rec: record.StepRecord | None) -> bool:
         return False
     # executed_cells is 0, not absent: absent means the execute process itself
     # died mid-run, which a retry would only repeat
-    return rec.details.get("executed_cells", -1) == 0
+    return bool(rec.details.get("executed_cells", -1) == 0)
 
 
 def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
@@ -186,19 +188,23 @@ def _convert(job: NotebookJob, cache: StepCache) -> tuple[str, int]:
     return in_process(job.dir, "convert", convert, cache=cache, inputs=inputs, outputs=[job.html])
 
 
-def _stage(flow: Flow, job: NotebookJob) -> tuple[str, int]:
-    from gpuflow.stage import place_html, prepare_repo
+def _copy_test_repo(flow: Flow, job: NotebookJob) -> Path:
+    """This notebook's own copy of the prepared test repo, made while it
+    executes: concurrent pytest runs then share no input/ and no .coverage."""
+    from gpuflow.stage import prepare_repo
 
+    assert flow.test_base is not None
     dest = flow.run_dir / ".work" / job.name / "test-repo"
+    prepare_repo(str(flow.test_base.result().repo), dest)
+    return dest
+
+
+def _stage(flow: Flow, job: NotebookJob, copy: Future[Path]) -> tuple[str, int]:
+    from gpuflow.stage import place_html
 
     def stage() -> dict[str, Any]:
-        assert flow.test_base is not None
-        base = flow.test_base.result()
-        # each notebook gets its own copy of the prepared test repo: concurrent
-        # pytest runs then share no input/ folder and no .coverage file
-        prepare_repo(str(base.repo), dest)
-        name = staged_name(flow.config, job.stem)
-        target = place_html(job.html, dest, input_dir="input", name=name)
+        dest = copy.result()
+        target = place_html(job.html, dest, input_dir="input", name=staged_name(flow.config, job.stem))
         return {"repo": str(dest), "target": str(target)}
 
     return in_process(job.dir, "stage", stage)

@@ -67,7 +67,8 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         test_base: Future[TestBase] | None = None
         if cfg.test_repo:
             test_base = executor.submit(_prepare_test_base, cfg, run_dir)
-        flow = Flow(config=cfg, run_dir=run_dir, resume=resume, repo=repo_dir, test_base=test_base)
+        flow = Flow(config=cfg, run_dir=run_dir, resume=resume, repo=repo_dir, test_base=test_base,
+                    background=executor)
         pool = Pool(slots=slots, work=lambda job, slot: run_notebook(flow, job, slot),
                     failed=lambda r: r.exit_code != 0, fail_fast=cfg.fail_fast, stop=flow.stop)
         t0 = time.monotonic()
