@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from gpuflow import convert, stage, test as testrun
+from gpuflow import convert, stage
+from gpuflow import test as testrun
 from tests.report.conftest import executed_notebook
 
 TESTS = '''
