@@ -20,9 +20,10 @@ from typing import Any
 
 from gpuflow import _kernel_guard, lite as _lite
 from gpuflow.errors import ConfigError
+from gpuflow.prepare import GUARD_TAG  # noqa: F401  (the tag prepare gives the injected cell)
 
 GPU_POLICIES = ("auto", "require", "off")
-RMM_POLICIES = ("auto", "pool", "managed", "async", "off", "notebook")
+RMM_POLICIES = _kernel_guard.POLICIES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,7 +65,6 @@ def options_from_args(args: argparse.Namespace) -> GuardOptions:
     )
 
 
-GUARD_TAG = "gpuflow-guard"  # the tag gpuflow.prepare gives the injected cell
 # The kernel's per-cell RMM rows: chosen when the cell is generated, read by
 # telemetry() of the same execute call (one thread per notebook in `gpuflow run`)
 _local = threading.local()

@@ -143,7 +143,8 @@ def test_sigterm_to_the_cli_process_saves_and_leaves_no_kernel(make_notebook: Ma
     src = make_notebook("print('first')", PID_CELL.format(pidfile=str(pidfile)), "print('never')")
     out = tmp_path / "cli" / "out.ipynb"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-m", "gpuflow.execute", str(src), str(out), "--no-progress-bar"],
+    child = subprocess.Popen([sys.executable, "-m", "gpuflow.execute", str(src), str(out), "--no-progress-bar",
+                              "--gpu", "off", "--rmm", "off"],  # no guard cell: see conftest
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _sigterm_when_running(pidfile, child.pid)
     stdout, err = child.communicate(timeout=90)

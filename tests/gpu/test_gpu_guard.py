@@ -62,8 +62,8 @@ def test_policy_in_a_real_kernel(tmp_path: Path, gpu_out: Path, policy: str, exp
         assert meta["pool_size"] == 2 << 30
     action = meta["events"][0]["action"]
     assert action == ("applied" if policy == "notebook" else "skipped")
-    if policy != "notebook":
-        assert "ManagedMemoryResource" not in chain  # the enforced policy won
+    if policy not in ("notebook", "managed"):
+        assert "ManagedMemoryResource" not in chain  # the enforced policy won over the notebook's managed
 
 
 def test_notebook_rmm_cell_with_a_bad_argument(tmp_path: Path, gpu_out: Path) -> None:
@@ -106,3 +106,12 @@ def test_telemetry_with_real_samples(tmp_path: Path, gpu_out: Path) -> None:
     assert data["peak_memory_bytes"] > 256 << 20 and data["mean_utilization_pct"] > 0
     peaks = [c["peak_bytes"] for c in data["cells"]]
     assert peaks and max(peaks) >= 8192 * 8192 * 4  # the cell that made x
+
+
+def test_gpu_smoke_notebook_sees_the_device_through_rmm(tmp_path: Path, gpu_out: Path) -> None:
+    from gpu_helpers import ROOT
+
+    nb, text = run(ROOT / "notebooks" / "gpu_smoke.ipynb", tmp_path / "smoke.ipynb", guard.GuardOptions(rmm="pool"))
+    save(gpu_out, "gpu_smoke.json", {"guard": nb.metadata["gpuflow"]["guard"], "text": text[-2000:]})
+    assert "gpuflow-smoke: backend cupy" in text and "gpuflow-smoke: devices 0" not in text
+    assert "rmm_cupy_allocator" in text  # CuPy allocates through RMM, as the guard set it

@@ -105,6 +105,24 @@ def no_device_gpu(monkeypatch: pytest.MonkeyPatch) -> FakeGPU:
 
 
 @pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake `pynvml` (nvidia-ml-py) in this process: memory grows 1 MiB per read."""
+    state = {"used": 0}
+
+    def memory(handle: object) -> types.SimpleNamespace:
+        state["used"] += 1 << 20
+        return types.SimpleNamespace(used=state["used"], total=80 << 30)
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: f"handle{i}", nvmlDeviceGetName=lambda h: b"Fake H100",
+        nvmlDeviceGetMemoryInfo=memory,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=50),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+
+@pytest.fixture
 def small_h5ad(tmp_path: Path) -> Path:
     import anndata
     import numpy as np

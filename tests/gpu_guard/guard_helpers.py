@@ -13,7 +13,7 @@ KERNELSPEC = {"name": "python3", "language": "python", "display_name": "Python 3
 def notebook(path: Path, *sources: str, tags: tuple[list[str], ...] = ()) -> Path:
     """Write a notebook of code cells; `tags[i]` tags cell i."""
     cells = [nbformat.v4.new_code_cell(s) for s in sources]
-    for cell, cell_tags in zip(cells, tags):
+    for cell, cell_tags in zip(cells, tags, strict=False):  # tags may cover only the first cells
         cell.metadata["tags"] = cell_tags
     nbformat.write(nbformat.v4.new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}), path)
     return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import types
 from pathlib import Path
 
 import pytest
@@ -27,24 +26,7 @@ def test_disabled_telemetry_samples_nothing(tmp_path: Path, monkeypatch: pytest.
         pass
 
 
-def _fake_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    state = {"used": 0}
-
-    def memory(handle: object) -> types.SimpleNamespace:
-        state["used"] += 1 << 20
-        return types.SimpleNamespace(used=state["used"], total=80 << 30)
-
-    fake = types.SimpleNamespace(
-        nvmlInit=lambda: None, nvmlShutdown=lambda: None,
-        nvmlDeviceGetHandleByIndex=lambda i: f"handle{i}", nvmlDeviceGetName=lambda h: b"Fake H100",
-        nvmlDeviceGetMemoryInfo=memory,
-        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=50),
-    )
-    monkeypatch.setitem(sys.modules, "pynvml", fake)
-
-
-def test_sampler_writes_summary_and_cell_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_nvml(monkeypatch)
+def test_sampler_writes_summary_and_cell_rows(tmp_path: Path, fake_nvml: None) -> None:
     cells = tmp_path / "cells.jsonl"
     cells.write_text('{"cell": 1, "peak_bytes": 1024, "total_bytes": 2048}\nnot json\n')
     out = tmp_path / "telemetry.json"
