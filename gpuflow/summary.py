@@ -167,6 +167,21 @@ def _rel(path: Path, base: Path) -> str:
         return str(path)
 
 
+def notebook_exit_code(records: list[record.StepRecord]) -> int:
+    """A failed execute decides the notebook's code: the report steps that run
+    after it (convert, stage, test) are consequences and must not hide it.
+    Otherwise the worst step's code wins."""
+    executed = [r for r in records if r.name == "execute" and r.exit_code != 0]
+    if executed:
+        return executed[-1].exit_code
+    return errors.worst([r.exit_code for r in records])
+
+
+def pipeline_failed(status: str | None) -> bool:
+    """Tekton's $(tasks.status) is Succeeded, Completed, None or Failed."""
+    return (status or "").strip().lower() == "failed"
+
+
 def build_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
     """Read the records and files of `artifact_dir` into a `Summary`."""
     artifact_dir = Path(artifact_dir)
@@ -175,7 +190,7 @@ def build_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
     records = record.read_all(artifact_dir)
     steps, missing_records = _steps(records)
     artifacts, missing_files = _artifacts(artifact_dir, records)
-    code = errors.worst([r.exit_code for r in records])
+    code = notebook_exit_code(records)
     # nothing failed but something never reported: that is not a success
     if code == 0 and (missing_records or not records):
         code = errors.StepFailed.exit_code
@@ -209,7 +224,8 @@ def append_step_summary(markdown: str) -> None:
             fh.write(markdown + "\n")
 
 
-def write_run_summary(run_dir: Path, *, title: str | None = None) -> Summary:
+def write_run_summary(run_dir: Path, *, title: str | None = None,
+                      pipeline_status: str | None = None) -> Summary:
     """Summarise each per-notebook dir of `run_dir`, then the run as a whole:
     a table of notebooks with their status and links."""
     from gpuflow import summary_render
@@ -222,9 +238,15 @@ def write_run_summary(run_dir: Path, *, title: str | None = None) -> Summary:
     code = errors.worst([s.exit_code for _, s in parts]) if parts else errors.StepFailed.exit_code
     steps = [{"name": name, "status": s.status, "exit_code": s.exit_code, "duration_s": None,
               "error": next((r["error"] for r in s.steps if r["error"]), None)} for name, s in parts]
+    missing = [] if parts else ["no per-notebook dirs with step records"]
+    if pipeline_failed(pipeline_status) and code == 0:
+        # a task died without leaving a record (OOM kill, eviction): the
+        # pipeline's own verdict must still fail the summary
+        code = errors.StepFailed.exit_code
+        missing.append("the pipeline reported a failed task that left no step record")
     summary = Summary(title=title or "gpuflow run", status="success" if code == 0 else "failed",
                       exit_code=code, steps=steps, tests=None, notebook={}, gpu=None, artifacts=[],
-                      missing=[] if parts else ["no per-notebook dirs with step records"])
+                      missing=missing)
     markdown = summary_render.run_markdown(summary, parts)
     atomic_write_text(run_dir / "summary.json", json.dumps(
         {**asdict(summary), "notebooks": {n: asdict(s) for n, s in parts}}, indent=2, default=str))
@@ -251,13 +273,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title", default=None, help="heading of the summary (default: the dir name)")
     p.add_argument("--results-dir", type=Path, default=None, help="write Tekton results here")
     p.add_argument("--run", action="store_true", help="aggregate the per-notebook dirs of a run dir")
+    p.add_argument("--pipeline-status", default=None,
+                   help="Tekton's $(tasks.status): 'Failed' fails the summary even if no record says why")
     p.add_argument("--exit-code", action="store_true",
                    help="exit with the summarised status (default: 0 once the summary is written)")
 
 
 def _impl(args: argparse.Namespace) -> cli.Outcome:
-    writer = write_run_summary if args.run else write_summary
-    summary = writer(args.artifact_dir, title=args.title)
+    if args.run:
+        summary = write_run_summary(args.artifact_dir, title=args.title, pipeline_status=args.pipeline_status)
+    else:
+        summary = write_summary(args.artifact_dir, title=args.title)
     if args.results_dir is not None:
         write_results(args.results_dir, summary, Path(args.artifact_dir) / "summary.json")
     log.info(str(summary))

@@ -86,6 +86,27 @@ def test_a_failed_step_makes_the_summary_fail(art: Path) -> None:
     assert summary.main([str(art), "--exit-code"]) == 1
 
 
+def test_a_failed_conversion_never_hides_the_execute_code(art: Path) -> None:
+    record.write(art, record.StepRecord(name="execute", status="failed", exit_code=124, duration_s=9.0,
+                                        started_at="2026-01-01T00:00:00", error="cell 3 timed out"))
+    record.write(art, record.StepRecord(name="convert", status="failed", exit_code=2, duration_s=0.1,
+                                        started_at="2026-01-01T00:00:09", error="unreadable notebook"))
+    result = summary.write_summary(art)
+    assert result.status == "failed" and result.exit_code == 124
+
+
+def test_pipeline_status_failed_fails_a_run_without_records_of_it(art: Path, tmp_path: Path) -> None:
+    run_dir = art.parent
+    ok = summary.write_run_summary(run_dir, pipeline_status="Succeeded")
+    assert ok.status == "success"
+    results = tmp_path / "results"
+    code = summary.main([str(run_dir), "--run", "--exit-code", "--pipeline-status", "Failed",
+                         "--results-dir", str(results)])
+    assert code == 1 and (results / "status").read_text() == "failed"
+    data = json.loads((run_dir / "summary.json").read_text())
+    assert any("pipeline reported a failed task" in m for m in data["missing"])
+
+
 def test_missing_artifact_and_record_are_reported_not_a_crash(art: Path) -> None:
     (art / "pytest_report.html").unlink()
     (art / "steps" / "stage.json").unlink()

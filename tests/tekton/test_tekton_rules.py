@@ -66,7 +66,8 @@ def test_rejects_summary_that_hides_failures(manifests: rules.Manifests) -> None
 
 def test_rejects_summary_that_drops_the_status_on_the_floor(manifests: rules.Manifests) -> None:
     step = _task(manifests, "gpuflow-summary")["spec"]["steps"][0]
-    step["script"] = step["script"].replace(' --title "${SUMMARY_TITLE}"', "")
+    step["script"] = (step["script"].replace(' --title "${SUMMARY_TITLE}"', "")
+                      .replace(' --pipeline-status "${PIPELINE_STATUS}"', ""))
     assert any("never reaches a script" in e for e in rules.summary_reports_failures(manifests))
 
 
