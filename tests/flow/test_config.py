@@ -93,3 +93,9 @@ def test_importing_run_stays_light() -> None:
             f"print([m for m in {heavy!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_bundled_example_lite_profile_runs_at_lite_size() -> None:
+    # the project's own [tool.gpuflow] configures the bundled notebook: lite is 50,000 x 10,000
+    r = config.resolve(cli={"profile": "lite"}, env={}, repo_pyproject=config.PROJECT_ROOT / "pyproject.toml")
+    assert config.notebook_parameters(r.config) == {"n_cells": 50000, "n_genes": 10000}
