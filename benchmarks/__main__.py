@@ -1,4 +1,4 @@
-"""`python -m benchmarks [--quick] [--only 1,5] [--json PATH] [--include-json FILE]`:
+"""`python -m benchmarks [--quick] [--only 1,5] [--json PATH] [--include-json FILE] [--markdown PATH]`:
 run issue 8's comparisons on this machine, print one table, write JSON."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from benchmarks.harness import ROOT, Config, Line, load_lines, machine, table, write_json
+from benchmarks.harness import ROOT, Config, Line, load_lines, machine, markdown, table, write_json
 from benchmarks.rows_flow import row4_flow
 from benchmarks.rows_network import row5_clone, row6_download
 from benchmarks.rows_scaling import row7_scaling
@@ -34,6 +34,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="results file (default: OUT_DIR/results.json)")
     p.add_argument("--include-json", type=Path, action="append", default=[],
                    help="add the lines of a results JSON made elsewhere (e.g. row 8 on the GPU machine)")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown to this file")
     args = p.parse_args(argv)
     unknown = [r for r in _split(args.only) if r not in ROWS]
     if unknown:
@@ -68,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(lines))
     out = args.json or cfg.out / "results.json"
     write_json(out, lines, quick=cfg.quick)
+    if args.markdown:
+        args.markdown.write_text(markdown(lines) + "\n")
     print(f"\nresults: {out}", file=sys.stderr)
     return 0
 

@@ -229,6 +229,19 @@ def table(lines: Sequence[Line]) -> str:
     return "\n".join(out + (["", "notes:"] + notes if notes else []))
 
 
+def markdown(lines: Sequence[Line]) -> str:
+    """The table for docs/benchmarks.md, with notes and commands in full."""
+    out = ["| # | case | gpuflow | baseline | ratio | runs | target | met | notes |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for ln in lines:
+        ratio = "n/a" if ln.ratio is None else f"{ln.ratio:.2f}"
+        met = {True: "yes", False: "**NO**", None: "-"}[ln.met]
+        note = ln.note.replace("|", "\\|")
+        out.append(f"| {ln.row} | {ln.case} | {fmt(ln.gpuflow, ln.unit)} | {fmt(ln.baseline, ln.unit)} | {ratio} "
+                   f"| {ln.runs} | {ln.target} | {met} | {note} |")
+    return "\n".join(out)
+
+
 def write_json(path: Path, lines: Sequence[Line], *, quick: bool, extra: Sequence[dict[str, Any]] = ()
                ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
