@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow import cli, errors, tables
+from gpuflow.cache import cache_dir
 from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import log
 
@@ -81,14 +82,6 @@ def _exporter(template: str, no_input: bool, embed_images: bool, sanitize_html: 
         )
     except Exception as exc:  # traitlets raises TraitError / ValueError on a bad template
         raise errors.ConfigError(f"nbconvert template {template!r}: {exc}") from None
-
-
-def cache_dir() -> Path:
-    """gpuflow's cache: $GPUFLOW_CACHE_DIR, else $XDG_CACHE_HOME/gpuflow, else ~/.cache/gpuflow."""
-    explicit = os.environ.get("GPUFLOW_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpuflow"
 
 
 def _cache_templates(exporter: Any) -> None:

@@ -24,6 +24,21 @@ class Completed:
     stderr: str
 
 
+# Children alive right now, so that `gpuflow run` can pass a Ctrl-C or SIGTERM
+# on to kernels and pytest started from worker threads (which get no signals).
+_live: dict[int, subprocess.Popen[str]] = {}
+_live_lock = threading.Lock()
+
+
+def signal_all(sig: int = signal.SIGTERM) -> int:
+    """Send `sig` to the process group of every running child; returns how many."""
+    with _live_lock:
+        procs = list(_live.values())
+    for child in procs:
+        kill_group(child, sig)
+    return len(procs)
+
+
 def which(program: str, path: str | None = None) -> str | None:
     return shutil.which(program, path=path)
 
@@ -68,6 +83,8 @@ def run(
         errors="replace",
         start_new_session=True,  # own process group: one killpg reaches grandchildren
     )
+    with _live_lock:
+        _live[proc.pid] = proc
     try:
         if streaming:
             out, err = _pump(proc, input, on_line, tee, timeout), ""
@@ -83,6 +100,9 @@ def run(
     except BaseException:
         kill_group(proc)
         raise
+    finally:
+        with _live_lock:
+            _live.pop(proc.pid, None)
     result = Completed(args, proc.returncode, out, err)
     if check and proc.returncode != 0:
         raise CommandError(

@@ -1,0 +1,300 @@
+"""One notebook's way through `gpuflow run`: execute -> convert -> stage ->
+test -> summary, calling the same step functions as the step CLIs.
+
+Execute runs as its own `python -m gpuflow.execute` process: one kernel per
+process keeps parallel notebooks clear of the ZMQ-context and port races that
+threads sharing one process hit (papermill #239, #511).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuflow import config as cfgmod
+from gpuflow import errors, proc, record
+from gpuflow.cli import fail_line
+from gpuflow.log import log
+from gpuflow.resume import StepCache, digest, read_record
+from gpuflow.schedule import Slot
+
+KERNEL_START_TRIES = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotebookJob:
+    notebook: Path  # inside the notebook repo
+    rel: str  # as the config named it, relative to the repo
+    stem: str
+    name: str  # stem, plus _lite in the lite profile: the artifact dir and file prefix
+    dir: Path
+
+    @property
+    def output(self) -> Path:
+        return self.dir / f"{self.name}_output.ipynb"
+
+    @property
+    def html(self) -> Path:
+        return self.dir / f"{self.name}_output.html"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TestBase:
+    repo: Path
+    python: str
+
+
+@dataclass(kw_only=True)
+class Flow:
+    """What every notebook of one run shares."""
+
+    config: cfgmod.FlowConfig
+    run_dir: Path
+    resume: bool
+    repo: Path
+    test_base: Future[TestBase] | None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotebookResult:
+    name: str
+    notebook: str
+    slot: str
+    steps: dict[str, str]  # step -> ok | kept | skipped | failed
+    codes: dict[str, int]
+    exit_code: int
+    failed_step: str | None
+    error: str | None
+    duration_s: float
+
+    def __str__(self) -> str:
+        if self.failed_step is None:
+            return f"{self.name}: success in {self.duration_s:.1f}s"
+        return f"{self.name}: {self.failed_step} failed ({self.exit_code}): {self.error or ''}".rstrip()
+
+
+def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
+    """Every step for one notebook; reporting steps run after a failure too."""
+    t0 = time.monotonic()
+    job.dir.mkdir(parents=True, exist_ok=True)
+    cache = StepCache(job.dir, flow.resume)
+    steps: dict[str, str] = {}
+    codes: dict[str, int] = {}
+
+    def note(step: str, status: str, code: int) -> None:
+        steps[step], codes[step] = status, code
+
+    note("execute", *_execute(flow, job, slot, cache))
+    if job.output.exists() and not flow.stop.is_set():
+        note("convert", *_convert(job, cache))
+    failed = any(c != 0 for c in codes.values())
+    if flow.test_base is not None and not flow.stop.is_set():
+        if failed and flow.config.skip_tests_on_failure:
+            _record(job.dir, "test", 0, 0.0, None, {"reason": "--skip-tests-on-failure"}, status="skipped")
+            note("test", "skipped", 0)
+        elif job.html.exists():
+            note("stage", *_stage(flow, job))
+            if codes["stage"] == 0 and not flow.stop.is_set():
+                note("test", *_test(flow, job, cache))
+    note("summary", *_summary(flow, job))
+    bad = [(s, c) for s, c in codes.items() if c != 0]
+    worst = errors.worst([c for _, c in bad])
+    failed_step = next((s for s, c in bad if c == worst), None)
+    rec = read_record(job.dir, failed_step) if failed_step else None
+    return NotebookResult(
+        name=job.name, notebook=job.rel, slot=slot.name, steps=steps, codes=codes, exit_code=worst,
+        failed_step=failed_step, error=rec.error if rec else None, duration_s=round(time.monotonic() - t0, 3),
+    )
+
+
+def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tuple[str, int]:
+    cfg = flow.config
+    params = cfgmod.notebook_parameters(cfg)
+    timeout = cfgmod.timeout_for(cfg, job.rel, job.stem)
+    inputs = digest(job.notebook, params, cfg.profile, cfg.kernel, cfg.gpu, cfg.rmm, cfg.rmm_pool_size,
+                    cfg.max_cells, cfg.max_genes, cfg.seed, timeout, cfg.cell_timeout)
+    if cache.fresh("execute", inputs, [job.output]):
+        log.info(f"{job.name}: execute unchanged since the last run, kept (--resume)")
+        return "kept", 0
+    cmd = [sys.executable, "-m", "gpuflow.execute", str(job.notebook), str(job.output),
+           "-y", json.dumps(params), "--kernel", cfg.kernel, "--cwd", str(job.notebook.parent),
+           "--log", str(job.dir / "papermill.log"), "--record-dir", str(job.dir), *_guard_flags(cfg)]
+    if timeout is not None:
+        cmd += ["--timeout", str(timeout)]
+    if cfg.cell_timeout is not None:
+        cmd += ["--cell-timeout", str(cfg.cell_timeout)]
+    env = {**os.environ, **slot.env()}
+    (job.dir / record.RECORD_DIR / "execute.json").unlink(missing_ok=True)
+    for attempt in range(1, KERNEL_START_TRIES + 1):
+        t0, started = time.monotonic(), _now()
+        done = proc.run(cmd, env=env, check=False, on_line=lambda line: log.raw(f"[{job.name}] {line}"))
+        rec = read_record(job.dir, "execute")
+        if rec is None:  # the child died before it could record anything
+            code = done.returncode if done.returncode > 0 else 128 - done.returncode
+            _record(job.dir, "execute", code, time.monotonic() - t0, _tail(done.stdout), {}, started=started)
+            rec = read_record(job.dir, "execute")
+        if not _kernel_never_started(done.returncode, rec) or attempt == KERNEL_START_TRIES or flow.stop.is_set():
+            break
+        log.warning(f"{job.name}: the kernel did not start (try {attempt}); starting a fresh one")
+        time.sleep(attempt)
+    cache.stamp("execute", inputs, [job.output])
+    return _status(done.returncode)
+
+
+def _kernel_never_started(code: int, rec: record.StepRecord | None) -> bool:
+    # A kernel that dies or hangs while starting (a port taken between being
+    # picked and bound) has executed nothing; a fresh process gets new ports.
+    if code not in (errors.KernelDied.exit_code, errors.INTERNAL) or rec is None:
+        return False
+    return not rec.details.get("executed_cells")
+
+
+def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
+    flags = ["--gpu", cfg.gpu, "--rmm", cfg.rmm]
+    if cfg.rmm_pool_size:
+        flags += ["--rmm-pool-size", cfg.rmm_pool_size]
+    if cfg.lite:
+        flags += ["--lite", "--max-cells", str(cfg.max_cells), "--max-genes", str(cfg.max_genes),
+                  "--seed", str(cfg.seed)]
+    return flags
+
+
+def _convert(job: NotebookJob, cache: StepCache) -> tuple[str, int]:
+    from gpuflow.convert import convert_notebook
+
+    inputs = digest(job.output, "lab")
+
+    def convert() -> dict[str, Any]:
+        res = convert_notebook(job.output, job.html, log_path=job.dir / "jupyter_nbconvert.log")
+        return {"html": str(res.html), "bytes": res.bytes}
+
+    return in_process(job.dir, "convert", convert, cache=cache, inputs=inputs, outputs=[job.html])
+
+
+def _stage(flow: Flow, job: NotebookJob) -> tuple[str, int]:
+    from gpuflow.stage import place_html
+
+    dest = flow.run_dir / ".work" / job.name / "test-repo"
+
+    def stage() -> dict[str, Any]:
+        assert flow.test_base is not None
+        base = flow.test_base.result()
+        if dest.exists():
+            shutil.rmtree(dest)
+        # each notebook gets its own copy: concurrent pytest runs share no input/ or .coverage
+        shutil.copytree(base.repo, dest, symlinks=True,
+                        ignore=shutil.ignore_patterns(".git", ".venv", ".pytest_cache", ".coverage*"))
+        name = staged_name(flow.config, job.stem)
+        place_html(job.html, dest, input_dir="input", name=name)
+        return {"repo": str(dest), "name": name}
+
+    return in_process(job.dir, "stage", stage)
+
+
+def staged_name(cfg: cfgmod.FlowConfig, stem: str) -> str:
+    try:
+        return cfg.html_name.format(stem=stem, lite="_lite" if cfg.lite else "", profile=cfg.profile)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise errors.ConfigError(f"html_name {cfg.html_name!r}: bad placeholder {exc}") from None
+
+
+def _test(flow: Flow, job: NotebookJob, cache: StepCache) -> tuple[str, int]:
+    from gpuflow.test import run_tests
+
+    assert flow.test_base is not None
+    cfg = flow.config
+    repo = flow.run_dir / ".work" / job.name / "test-repo"
+    outputs = [job.dir / n for n in ("pytest_results.xml", "pytest_report.html", "pytest_output.log")]
+    inputs = digest(job.html, cfg.test_repo, cfg.marker, staged_name(cfg, job.stem))
+
+    def test() -> dict[str, Any]:
+        base = flow.test_base.result()  # type: ignore[union-attr]
+        res = run_tests(repo, marker=cfg.marker, out_dir=job.dir, install=False, python=base.python)
+        details = {k: getattr(res, k, None) for k in ("passed", "failed", "errors", "skipped", "failing")}
+        if res.exit_code != 0:
+            raise _with_details(errors.TestsFailed(f"{res.failed} failed, {res.errors} errors"), details,
+                                res.exit_code)
+        return details
+
+    return in_process(job.dir, "test", test, cache=cache, inputs=inputs, outputs=outputs)
+
+
+def _summary(flow: Flow, job: NotebookJob) -> tuple[str, int]:
+    from gpuflow.summary import write_summary
+
+    def summary() -> dict[str, Any]:
+        write_summary(job.dir, title=f"{job.stem} ({flow.config.profile})")
+        return {}
+
+    status, code = in_process(job.dir, "summary", summary, write=False)
+    return status, code
+
+
+def in_process(
+    directory: Path, step: str, fn: Callable[[], dict[str, Any]], *, cache: StepCache | None = None,
+    inputs: str | None = None, outputs: list[Path] | None = None, write: bool = True,
+) -> tuple[str, int]:
+    """Run a step function here, map what it raises to an exit code, record it."""
+    if cache is not None and inputs is not None and cache.fresh(step, inputs, outputs or []):
+        log.info(f"{directory.name}: {step} unchanged since the last run, kept (--resume)")
+        return "kept", 0
+    t0, started = time.monotonic(), _now()
+    details: dict[str, Any] = {}
+    error: str | None = None
+    try:
+        details = fn()
+        code = 0
+    except errors.GpuflowError as exc:
+        code = getattr(exc, "flow_exit_code", exc.exit_code)
+        error = fail_line(f"gpuflow.{step}", exc)
+        details = dict(getattr(exc, "details", None) or {})
+    except Exception as exc:  # a bug in a step: record it, keep the other notebooks going
+        code, error = errors.INTERNAL, fail_line(f"gpuflow.{step}", exc)
+        log.error(traceback.format_exc())
+    if error:
+        log.error(f"{directory.name}: {error}")
+    if write:
+        if inputs is not None:
+            details = {**details, "inputs_sha256": inputs, "outputs": [str(p) for p in outputs or []]}
+        _record(directory, step, code, time.monotonic() - t0, error, details, started=started)
+    return _status(code)
+
+
+def _with_details(exc: errors.GpuflowError, details: dict[str, Any], code: int) -> errors.GpuflowError:
+    exc.details = details  # type: ignore[attr-defined]
+    exc.flow_exit_code = code  # type: ignore[attr-defined]
+    return exc
+
+
+def _record(
+    directory: Path, step: str, code: int, took: float, error: str | None, details: dict[str, Any],
+    *, started: str | None = None, status: str | None = None,
+) -> None:
+    record.write(directory, record.StepRecord(
+        name=step, status=status or ("success" if code == 0 else "failed"), exit_code=code,
+        duration_s=round(took, 3), error=error, started_at=started or _now(), details=details,
+    ))
+
+
+def _status(code: int) -> tuple[str, int]:
+    return ("ok" if code == 0 else "failed"), code
+
+
+def _tail(text: str) -> str | None:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()

@@ -1,0 +1,359 @@
+"""`gpuflow run`: the whole flow for one or many notebooks, in one command.
+
+preflight -> notebook repo -> datasets -> (per notebook, over GPU or CPU
+slots) execute -> convert -> stage -> test -> summary -> run summary. The
+test repo is fetched and its environment prepared once, in the background,
+while the first notebooks execute.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpuflow import cli, errors, proc
+from gpuflow import config as cfgmod
+from gpuflow.flowsteps import Flow, NotebookJob, NotebookResult, TestBase, in_process, run_notebook
+from gpuflow.fsutil import atomic_write_text, contained
+from gpuflow.log import log
+from gpuflow.schedule import Pool, Slot, slots_for
+
+WORK = ".work"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    run_dir: Path
+    exit_code: int
+    notebooks: list[NotebookResult]
+    makespan_s: float
+    slots: dict[str, dict[str, Any]]
+    index_html: Path | None
+    stopped: errors.Stopped | None = None
+    error: str | None = None  # a run-level step that failed before any notebook ran
+
+    def __str__(self) -> str:
+        bad = [n for n in self.notebooks if n.exit_code != 0]
+        return f"{len(self.notebooks) - len(bad)} of {len(self.notebooks)} notebooks passed"
+
+
+def run_flow(
+    resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool = False,
+    reconfigure: Any = None,
+) -> RunResult:
+    """Run every step for every notebook; a failure in one notebook stops
+    only that notebook's remaining work steps, never its reporting."""
+    with _locked(run_dir):
+        return _run_locked(resolved, run_dir=run_dir, resume=resume, reconfigure=reconfigure)
+
+
+def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, reconfigure: Any) -> RunResult:
+    cfg = resolved.config
+    _save_config(run_dir, resolved)
+    codes: list[int] = []
+    results: list[NotebookResult] = []
+    slots: list[Slot] = []
+    pool: Pool[NotebookJob, NotebookResult] | None = None
+    stopped: errors.Stopped | None = None
+    error: str | None = None
+    t0 = time.monotonic()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-repo")
+    try:
+        facts = _run_level(run_dir, "preflight", lambda: _preflight(cfg))
+        repo = _run_level(run_dir, "repo", lambda: {"path": str(_notebook_repo(cfg, run_dir, resume))})
+        repo_dir = Path(repo["path"])
+        if reconfigure is not None and not cfg.repo_is_local:
+            resolved = reconfigure(repo_dir)
+            cfg = resolved.config
+            _save_config(run_dir, resolved)
+        if cfg.datasets:
+            _run_level(run_dir, "datasets", lambda: _datasets(cfg, repo_dir, run_dir))
+        jobs = expand_notebooks(cfg, repo_dir, run_dir)
+        slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [])
+        test_base: Future[TestBase] | None = None
+        if cfg.test_repo:
+            test_base = executor.submit(_prepare_test_base, cfg, run_dir)
+        flow = Flow(config=cfg, run_dir=run_dir, resume=resume, repo=repo_dir, test_base=test_base)
+        pool = Pool(slots=slots, work=lambda job, slot: run_notebook(flow, job, slot),
+                    failed=lambda r: r.exit_code != 0, fail_fast=cfg.fail_fast, stop=flow.stop)
+        t0 = time.monotonic()
+        pool.start(jobs)
+        try:
+            while pool.alive():
+                pool.join(0.2)
+        except (errors.Stopped, KeyboardInterrupt) as exc:
+            stopped = exc if isinstance(exc, errors.Stopped) else errors.Interrupted("interrupted", signum=2)
+            log.warning(f"{stopped}: stopping the kernels, then writing the summaries")
+            flow.stop.set()
+            proc.signal_all(signal.SIGINT if isinstance(stopped, errors.Interrupted) else signal.SIGTERM)
+            pool.join(timeout=60)
+        results = [pool.results[i] for i in sorted(pool.results)]
+        not_run = [job.name for i, job in enumerate(jobs) if i not in pool.results]
+        if not_run:
+            log.warning(f"not run ({'stopped' if stopped else '--fail-fast'}): {', '.join(not_run)}")
+    except errors.GpuflowError as exc:
+        codes.append(exc.exit_code)
+        error = cli.fail_line("gpuflow.run", exc)
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+    makespan = round(time.monotonic() - t0, 3)
+    codes += [r.exit_code for r in results] + ([stopped.exit_code] if stopped else [])
+    slot_report = _slot_report(slots, pool, makespan, results, run_dir)
+    result = RunResult(run_dir=run_dir, exit_code=errors.worst(codes), notebooks=results,
+                       makespan_s=makespan, slots=slot_report, index_html=None, stopped=stopped, error=error)
+    return _write_run_summary(result, cfg)
+
+
+def _run_level(run_dir: Path, step: str, fn: Any) -> Any:
+    """A once-per-run step, recorded under RUN_DIR/steps/; its failure ends the run."""
+    box: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    def call() -> dict[str, Any]:
+        try:
+            box["value"] = fn()
+        except errors.GpuflowError as exc:
+            failure.append(exc)
+            raise
+        value = box["value"]
+        return value if isinstance(value, dict) else {}
+
+    _, code = in_process(run_dir, step, call)
+    if code != 0:
+        raise failure[0] if failure else errors.GpuflowError(f"{step} failed")
+    return box["value"]
+
+
+def _preflight(cfg: cfgmod.FlowConfig) -> dict[str, Any]:
+    from gpuflow import guard
+
+    opts = guard.GuardOptions(gpu=cfg.gpu, rmm=cfg.rmm, rmm_pool_size=cfg.rmm_pool_size, lite=cfg.lite,
+                              max_cells=cfg.max_cells, max_genes=cfg.max_genes, seed=cfg.seed)
+    return dict(guard.preflight(opts))
+
+
+def _notebook_repo(cfg: cfgmod.FlowConfig, run_dir: Path, resume: bool) -> Path:
+    if cfg.repo_is_local:
+        path = Path(cfg.repo).expanduser().resolve()
+        if not path.is_dir():
+            raise errors.InputError(f"notebook repo {cfg.repo} is not a directory")
+        return path
+    from gpuflow.clone import clone
+
+    dest = run_dir / WORK / "repo"
+    if resume and (dest / ".git").is_dir():
+        return dest  # the resumed run's checkout: the notebooks' bytes decide what is redone
+    return Path(clone(cfg.repo, dest, revision=cfg.revision, backup=False).path)
+
+
+def _datasets(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> dict[str, Any]:
+    from gpuflow.download import download
+
+    got = []
+    for item in cfg.datasets:
+        res = download(item["url"], contained(repo_dir, item["dest"]), sha256=item.get("sha256"),
+                       size=item.get("size"), cache_dir=Path(cfg.out) / ".cache")
+        got.append({"dest": item["dest"], "bytes": res.bytes, "source": res.source})
+    return {"datasets": got}
+
+
+def _prepare_test_base(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
+    """Fetch the test repo and prepare its environment, once per run."""
+    from gpuflow.stage import prepare_repo
+    from gpuflow.test import prepare_env
+
+    def prepare() -> dict[str, Any]:
+        base = run_dir / WORK / "test-repo"
+        prepare_repo(cfg.test_repo, base)
+        box["base"] = TestBase(repo=base, python=prepare_env(base))
+        return {"repo": str(base), "python": box["base"].python}
+
+    box: dict[str, TestBase] = {}
+    _run_level(run_dir, "test-env", prepare)
+    return box["base"]
+
+
+def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> list[NotebookJob]:
+    """Paths and globs, relative to the notebook repo, in the order given."""
+    if not cfg.notebooks:
+        raise errors.ConfigError("no notebooks: set `notebooks` or pass --notebooks")
+    found: dict[Path, str] = {}
+    for pattern in cfg.notebooks:
+        if any(ch in pattern for ch in "*?["):
+            contained(repo_dir, pattern.replace("*", "x").replace("?", "x").replace("[", "x"))
+            matches = sorted(p for p in repo_dir.glob(pattern) if p.is_file())
+            if not matches:
+                raise errors.InputError(f"notebook pattern {pattern!r} matches nothing in {repo_dir}")
+        else:
+            matches = [contained(repo_dir, pattern)]
+            if not matches[0].is_file():
+                raise errors.InputError(f"notebook {pattern!r} not found in {repo_dir}")
+        for path in matches:
+            found.setdefault(path, path.relative_to(repo_dir).as_posix())
+    jobs, names = [], set()
+    suffix = "_lite" if cfg.lite else ""
+    for path, rel in found.items():
+        name = path.stem + suffix
+        if name in names:  # artifact dirs are named by stem, as the existing workflow names files
+            raise errors.ConfigError(f"two notebooks share the name {path.stem!r}; rename one")
+        names.add(name)
+        jobs.append(NotebookJob(notebook=path, rel=rel, stem=path.stem, name=name, dir=run_dir / name))
+    return jobs
+
+
+def _slot_report(slots: list[Slot], pool: Any, makespan: float, results: list[NotebookResult],
+                 run_dir: Path) -> dict[str, dict[str, Any]]:
+    report: dict[str, dict[str, Any]] = {}
+    for slot in slots:
+        busy = pool.busy_s.get(slot.name, 0.0) if pool is not None else 0.0
+        mine = [r for r in results if r.slot == slot.name]
+        report[slot.name] = {
+            "gpu": slot.gpu, "notebooks": [r.name for r in mine], "busy_s": round(busy, 3),
+            "busy_fraction": round(busy / makespan, 3) if makespan > 0 else 0.0,
+            "gpu_utilisation_mean": _telemetry_mean([run_dir / r.name / "telemetry.json" for r in mine]),
+        }
+    return report
+
+
+def _telemetry_mean(paths: list[Path]) -> float | None:
+    values: list[float] = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        mean = data.get("gpu_utilisation_mean", data.get("utilization_gpu_mean")) if isinstance(data, dict) else None
+        if isinstance(mean, (int, float)):
+            values.append(float(mean))
+    return round(sum(values) / len(values), 1) if values else None
+
+
+def _write_run_summary(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
+    run_dir = result.run_dir
+    data = {
+        "run_id": run_dir.name, "exit_code": result.exit_code, "profile": cfg.profile,
+        "makespan_s": result.makespan_s, "slots": result.slots,
+        "notebooks": [{**n.__dict__} for n in result.notebooks],
+        "stopped": str(result.stopped) if result.stopped else None,
+    }
+    atomic_write_text(run_dir / "run.json", json.dumps(data, indent=2, default=str))
+    index: Path | None = None
+    try:
+        from gpuflow.summary import write_run_summary
+
+        write_run_summary(run_dir)
+        index = run_dir / "index.html" if (run_dir / "index.html").is_file() else None
+    except ImportError:
+        log.warning("gpuflow.summary is not available: no run-level index.html")
+    except errors.GpuflowError as exc:
+        log.error(cli.fail_line("gpuflow.summary", exc))
+    return RunResult(**{**result.__dict__, "index_html": index})
+
+
+def status_table(result: RunResult) -> str:
+    steps = ("execute", "convert", "stage", "test", "summary")
+    rows = [["notebook", *steps, "exit", "time"]]
+    for n in result.notebooks:
+        rows.append([n.name, *(n.steps.get(s, "-") for s in steps), str(n.exit_code), f"{n.duration_s:.1f}s"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"{result}; makespan {result.makespan_s:.1f}s; exit {result.exit_code}")
+    return "\n".join(lines)
+
+
+def new_run_dir(out: Path) -> Path:
+    """OUT/<UTC timestamp>-<random>: two runs started in the same second never collide."""
+    for _ in range(10):
+        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        try:
+            (out / run_id).mkdir(parents=True)
+            return out / run_id
+        except FileExistsError:
+            continue
+    raise errors.InputError(f"cannot create a fresh run directory under {out}")
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    # flock, not a pid file: the kernel drops it when a crashed run dies, so
+    # --resume after a crash never finds a stale lock
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise errors.UsageError(f"another gpuflow run is using {run_dir}") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+
+
+def _save_config(run_dir: Path, resolved: cfgmod.Resolved) -> None:
+    data = {"config": resolved.config.to_dict(), "sources": resolved.sources}
+    atomic_write_text(run_dir / "config.json", json.dumps(data, indent=2))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    cfgmod.add_arguments(p)
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="rerun RUN_DIR: keep the steps whose inputs are unchanged, redo the rest")
+
+
+def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | None = None) -> cfgmod.Resolved:
+    saved = None
+    if args.resume is not None:
+        try:
+            saved = json.loads((args.resume / "config.json").read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError):
+            raise errors.InputError(f"--resume {args.resume}: no readable config.json there") from None
+    cli_values = cfgmod.cli_values(args)
+    first = cfgmod.resolve(cli=cli_values, env=env, config_file=args.config, saved=saved,
+                           saved_label=f"resume {args.resume}/config.json")
+    if repo_dir is None and first.config.repo_is_local:
+        repo_dir = Path(first.config.repo).expanduser()
+    if repo_dir is None or args.config is not None:
+        return first
+    return cfgmod.resolve(cli=cli_values, env=env, config_file=None, repo_pyproject=repo_dir / "pyproject.toml",
+                          saved=saved, saved_label=f"resume {args.resume}/config.json")
+
+
+def _impl(args: argparse.Namespace) -> cli.Outcome:
+    env = os.environ
+    resolved = _resolve(args, env)
+    if args.print_config:
+        print(resolved.render())
+        return cli.Outcome()
+    run_dir = args.resume.resolve() if args.resume else new_run_dir(Path(resolved.config.out)).resolve()
+    log.info(f"run directory: {run_dir}")
+    result = run_flow(resolved, run_dir=run_dir, resume=args.resume is not None,
+                      reconfigure=lambda repo: _resolve(args, env, repo))
+    print(status_table(result))
+    print(f"index.html: {result.index_html or '(none)'}")
+    if result.stopped is not None:
+        raise result.stopped
+    failed = [n for n in result.notebooks if n.exit_code != 0]
+    error = result.error or ("gpuflow.run: " + "; ".join(str(n) for n in failed) if failed else None)
+    return cli.Outcome(exit_code=result.exit_code, error=error,
+                       details={"run_dir": str(run_dir)})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.parser("gpuflow.run", "Run the whole notebook CI flow: execute, convert, stage, test, summary.")
+    add_arguments(p)
+    return cli.run_cli("gpuflow.run", p, argv, _impl, step="run", record_dir=lambda a: None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

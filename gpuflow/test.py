@@ -1,0 +1,291 @@
+"""Run a test repo's pytest the way the notebook workflows do, with coverage,
+JUnit XML and a self-contained HTML report, and read the JUnit XML back into
+counts.
+
+Environment, in order:
+1. `python=` given: that interpreter, as it is.
+2. `install=False`: the current interpreter.
+3. A Poetry project and `poetry` on PATH: `poetry install --no-root`, then
+   the interpreter of Poetry's env (what `poetry run` would use).
+4. The current interpreter when it already satisfies the repo's
+   requirements*.txt (nothing to install, nothing to wait for).
+5. A venv cached under `cache_dir()/venvs/<hash of the requirement files>`,
+   created once: `gpuflow run` prepares it once for all notebooks.
+pytest-cov and pytest-html are installed when missing; where they cannot be
+(no install), their flags are dropped with a warning instead of pytest
+failing on "unrecognized arguments".
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpuflow import cli, errors, proc, tables
+from gpuflow.cache import cache_dir
+from gpuflow.log import log
+
+PLUGINS = {"pytest_cov": "pytest-cov", "pytest_html": "pytest-html"}
+REQUIREMENT_FILES = ("requirements.txt", "requirements-test.txt", "requirements-dev.txt")
+OUTPUTS = ("coverage.xml", "pytest_results.xml", "pytest_report.html", "pytest_output.log")
+XPASS_MESSAGE = "xfail-marked test passes unexpectedly"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TestCounts:
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    xfailed: int = 0
+    xpassed: int = 0
+    failing: tuple[str, ...] = ()
+
+    __test__ = False  # not a pytest test class
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.errors + self.skipped + self.xfailed + self.xpassed
+
+
+@dataclass(frozen=True, kw_only=True)
+class TestResult(TestCounts):
+    exit_code: int
+    out_dir: Path
+    python: str
+    duration_s: float
+
+    __test__ = False
+
+    def __str__(self) -> str:
+        return (f"{self.passed} passed, {self.failed} failed, {self.errors} errors, {self.skipped} skipped, "
+                f"{self.xfailed} xfailed, {self.xpassed} xpassed (exit {self.exit_code})")
+
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
+
+    def details(self) -> dict[str, object]:
+        return {"passed": self.passed, "failed": self.failed, "errors": self.errors,
+                "skipped": self.skipped, "xfailed": self.xfailed, "xpassed": self.xpassed,
+                "failing": list(self.failing), "out_dir": str(self.out_dir)}
+
+    def raise_for_status(self) -> None:
+        """Raise the exception matching pytest's exit status (nothing on success)."""
+        exc: errors.GpuflowError
+        if self.exit_code == 0:
+            return
+        if self.exit_code == 1:
+            exc = errors.TestsFailed(f"{self.failed + self.errors} of {self.total} tests failed: "
+                                     + ", ".join(self.failing[:3]))
+        elif self.exit_code == 5:
+            exc = errors.NoTestsCollected("pytest collected no tests (check --marker)")
+        else:
+            exc = errors.UsageError(f"pytest could not run the tests (exit {self.exit_code}): "
+                                    "usage or collection error, see pytest_output.log")
+        exc.details = self.details()  # type: ignore[attr-defined]
+        raise exc
+
+
+def parse_junit(path: Path, output: str = "") -> TestCounts:
+    """Counts from pytest's JUnit XML. pytest writes an xfail as
+    `<skipped type="pytest.xfail">`, and a non-strict xpass as a plain pass:
+    the xpass count comes from pytest's final summary line in `output`."""
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise errors.InputError(f"{path}: cannot read JUnit XML: {exc}") from None
+    counts = dict.fromkeys(("passed", "failed", "errors", "skipped", "xfailed", "xpassed"), 0)
+    failing: list[str] = []
+    for case in root.iter("testcase"):
+        kind = _case_kind(case)
+        counts[kind] += 1
+        if kind in ("failed", "errors"):
+            classname, name = case.get("classname", ""), case.get("name", "")
+            failing.append(f"{classname}::{name}" if classname else name)
+    summary_xpassed = _summary_count(output, "xpassed")
+    moved = max(0, min(summary_xpassed - counts["xpassed"], counts["passed"]))
+    counts["passed"] -= moved
+    counts["xpassed"] += moved
+    return TestCounts(**counts, failing=tuple(failing))
+
+
+def _case_kind(case: ET.Element) -> str:
+    if case.find("failure") is not None:
+        return "failed"
+    if case.find("error") is not None:
+        return "errors"
+    skipped = case.find("skipped")
+    if skipped is None:
+        return "passed"
+    if skipped.get("type") == "pytest.xfail":
+        return "xfailed"
+    if skipped.get("message") == XPASS_MESSAGE:
+        return "xpassed"
+    return "skipped"
+
+
+def _summary_count(output: str, word: str) -> int:
+    lines = [ln for ln in output.splitlines() if ln.startswith("=") and " in " in ln]
+    match = re.search(rf"(\d+) {word}\b", lines[-1]) if lines else None
+    return int(match.group(1)) if match else 0
+
+
+def _is_poetry(repo_dir: Path) -> bool:
+    pyproject = repo_dir / "pyproject.toml"
+    if not pyproject.is_file():
+        return False
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise errors.InputError(f"{pyproject}: {exc}") from None
+    return "poetry" in data.get("tool", {})
+
+
+def _requirement_files(repo_dir: Path) -> list[Path]:
+    return [repo_dir / n for n in REQUIREMENT_FILES if (repo_dir / n).is_file()]
+
+
+def satisfied(requirement_files: Sequence[Path]) -> bool:
+    """Whether the current interpreter already has every listed requirement.
+    Anything we cannot judge (options, URLs, editable) counts as unsatisfied."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    for path in requirement_files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                return False
+            if req.marker is not None and not req.marker.evaluate():
+                continue
+            try:
+                version = metadata.version(req.name)
+            except metadata.PackageNotFoundError:
+                return False
+            if not req.specifier.contains(version, prereleases=True):
+                return False
+    return True
+
+
+def _install(cmd: list[str], cwd: Path | None = None) -> None:
+    try:
+        proc.run(cmd, cwd=cwd, on_line=log.raw)
+    except errors.CommandError as exc:
+        raise errors.InfraError(f"installing the test environment failed: {exc}") from None
+
+
+def _venv(repo_dir: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256(sys.version.encode())
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    folder = cache_dir() / "venvs" / digest.hexdigest()[:16]
+    python = folder / "bin" / "python"
+    if (folder / ".complete").is_file():
+        return str(python)
+    _install([sys.executable, "-m", "venv", "--clear", str(folder)])
+    reqs = [arg for path in files for arg in ("-r", str(path))]
+    _install([str(python), "-m", "pip", "install", "-q", "pytest", *PLUGINS.values(), *reqs], cwd=repo_dir)
+    (folder / ".complete").write_text("ok\n", encoding="utf-8")
+    return str(python)
+
+
+def _missing_plugins(python: str) -> list[str]:
+    found = proc.run([python, "-c", "import importlib.util as u, sys; "
+                      f"print(' '.join(m for m in {list(PLUGINS)!r} if u.find_spec(m) is None))"],
+                     echo=False)
+    return [PLUGINS[m] for m in found.stdout.split()]
+
+
+def prepare_env(repo_dir: Path, *, install: bool = True, python: str | None = None) -> str:
+    """The interpreter to run `repo_dir`'s tests with, installing what is needed."""
+    repo_dir = Path(repo_dir)
+    if python is not None or not install:
+        return python or sys.executable
+    if _is_poetry(repo_dir) and proc.which("poetry"):
+        _install(["poetry", "install", "--no-interaction", "--no-root"], cwd=repo_dir)
+        chosen = proc.run(["poetry", "env", "info", "--executable"], cwd=repo_dir).stdout.strip()
+    elif satisfied(_requirement_files(repo_dir)):
+        chosen = sys.executable
+    else:
+        chosen = _venv(repo_dir, _requirement_files(repo_dir))
+    missing = _missing_plugins(chosen)
+    if missing:
+        _install([chosen, "-m", "pip", "install", "-q", *missing])
+    return chosen
+
+
+def pytest_command(python: str, marker: str, out_dir: Path, plugins_missing: Sequence[str] = ()) -> list[str]:
+    cmd = [python, "-m", "pytest", "-m", marker, "--override-ini", "addopts=",
+           f"--junitxml={out_dir / 'pytest_results.xml'}"]
+    if "pytest-cov" not in plugins_missing:
+        cmd += ["--cov=./", f"--cov-report=xml:{out_dir / 'coverage.xml'}"]
+    if "pytest-html" not in plugins_missing:
+        cmd += [f"--html={out_dir / 'pytest_report.html'}", "--self-contained-html"]
+    return cmd
+
+
+def run_tests(
+    repo_dir: Path, *, marker: str, out_dir: Path, install: bool = True, python: str | None = None,
+) -> TestResult:
+    """Run the repo's pytest; the result carries the counts from its JUnit XML.
+    Test failures do not raise: call `raise_for_status()` for that."""
+    repo_dir, out_dir = Path(repo_dir), Path(out_dir).resolve()
+    if not repo_dir.is_dir():
+        raise errors.InputError(f"{repo_dir}: no such test repo")
+    t0 = time.monotonic()
+    chosen = prepare_env(repo_dir, install=install, python=python)
+    missing = _missing_plugins(chosen)
+    for plugin in missing:
+        log.warning(f"{plugin} is not installed for {chosen}: its report is skipped")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    junit = out_dir / "pytest_results.xml"
+    junit.unlink(missing_ok=True)  # never read a previous run's results
+    with open(out_dir / "pytest_output.log", "w", encoding="utf-8") as tee:
+        done = proc.run(pytest_command(chosen, marker, out_dir, missing), cwd=repo_dir, check=False,
+                        tee=tee, on_line=log.raw)
+    counts = parse_junit(junit, done.stdout) if junit.is_file() else TestCounts()
+    code = {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)
+    return TestResult(**vars(counts), exit_code=code, out_dir=out_dir, python=chosen,
+                      duration_s=round(time.monotonic() - t0, 3))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repo_dir", type=Path, help="the test repo (with the HTML staged in it)")
+    p.add_argument("--marker", required=True, help="pytest -m expression, e.g. single_cell")
+    p.add_argument("--out-dir", type=Path, required=True, help="where the reports and the log go")
+    p.add_argument("--no-install", dest="install", action="store_false",
+                   help="use the current interpreter as it is (offline)")
+    p.add_argument("--python", default=None, help="run the tests with this interpreter, as it is")
+
+
+def _impl(args: argparse.Namespace) -> cli.Outcome:
+    result = run_tests(args.repo_dir, marker=args.marker, out_dir=args.out_dir, install=args.install,
+                       python=args.python)
+    log.info(str(result))
+    result.raise_for_status()
+    return cli.Outcome(details=result.details())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.parser("gpuflow.test", "Run a test repo's pytest with coverage, JUnit XML and an HTML report.")
+    add_arguments(p)
+    return cli.run_cli("gpuflow.test", p, argv, _impl, step="test", record_dir=lambda a: a.record_dir or a.out_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
