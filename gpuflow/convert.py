@@ -186,8 +186,8 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     )
     log.info(f"wrote {result}")
     print(result.html)
-    return cli.Outcome(details={"notebook": str(result.notebook), "html": str(result.html),
-                                "bytes": result.bytes, "log": str(result.log)})
+    return cli.Outcome(details={"notebook": str(result.notebook.resolve()), "html": str(result.html.resolve()),
+                                "bytes": result.bytes, "log": str(result.log.resolve() if result.log else None)})
 
 
 def _record_dir(args: argparse.Namespace) -> Path:

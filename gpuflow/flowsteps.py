@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 import sys
 import threading
 import time
@@ -183,21 +182,19 @@ def _convert(job: NotebookJob, cache: StepCache) -> tuple[str, int]:
 
 
 def _stage(flow: Flow, job: NotebookJob) -> tuple[str, int]:
-    from gpuflow.stage import place_html
+    from gpuflow.stage import place_html, prepare_repo
 
     dest = flow.run_dir / ".work" / job.name / "test-repo"
 
     def stage() -> dict[str, Any]:
         assert flow.test_base is not None
         base = flow.test_base.result()
-        if dest.exists():
-            shutil.rmtree(dest)
-        # each notebook gets its own copy: concurrent pytest runs share no input/ or .coverage
-        shutil.copytree(base.repo, dest, symlinks=True,
-                        ignore=shutil.ignore_patterns(".git", ".venv", ".pytest_cache", ".coverage*"))
+        # each notebook gets its own copy of the prepared test repo: concurrent
+        # pytest runs then share no input/ folder and no .coverage file
+        prepare_repo(str(base.repo), dest)
         name = staged_name(flow.config, job.stem)
-        place_html(job.html, dest, input_dir="input", name=name)
-        return {"repo": str(dest), "name": name}
+        target = place_html(job.html, dest, input_dir="input", name=name)
+        return {"repo": str(dest), "target": str(target)}
 
     return in_process(job.dir, "stage", stage)
 
@@ -221,11 +218,8 @@ def _test(flow: Flow, job: NotebookJob, cache: StepCache) -> tuple[str, int]:
     def test() -> dict[str, Any]:
         base = flow.test_base.result()  # type: ignore[union-attr]
         res = run_tests(repo, marker=cfg.marker, out_dir=job.dir, install=False, python=base.python)
-        details = {k: getattr(res, k, None) for k in ("passed", "failed", "errors", "skipped", "failing")}
-        if res.exit_code != 0:
-            raise _with_details(errors.TestsFailed(f"{res.failed} failed, {res.errors} errors"), details,
-                                res.exit_code)
-        return details
+        res.raise_for_status()
+        return res.details()
 
     return in_process(job.dir, "test", test, cache=cache, inputs=inputs, outputs=outputs)
 
@@ -256,7 +250,7 @@ def in_process(
         details = fn()
         code = 0
     except errors.GpuflowError as exc:
-        code = getattr(exc, "flow_exit_code", exc.exit_code)
+        code = exc.exit_code
         error = fail_line(f"gpuflow.{step}", exc)
         details = dict(getattr(exc, "details", None) or {})
     except Exception as exc:  # a bug in a step: record it, keep the other notebooks going
@@ -269,12 +263,6 @@ def in_process(
             details = {**details, "inputs_sha256": inputs, "outputs": [str(p) for p in outputs or []]}
         _record(directory, step, code, time.monotonic() - t0, error, details, started=started)
     return _status(code)
-
-
-def _with_details(exc: errors.GpuflowError, details: dict[str, Any], code: int) -> errors.GpuflowError:
-    exc.details = details  # type: ignore[attr-defined]
-    exc.flow_exit_code = code  # type: ignore[attr-defined]
-    return exc
 
 
 def _record(

@@ -82,3 +82,14 @@ def test_docs_tag_every_option() -> None:
         assert config.env_name(name) in text
         if opt.cli:
             assert (config.flag_name(name) if name != "parameters" else "-p NAME VALUE") in text
+
+
+def test_importing_run_stays_light() -> None:
+    import subprocess
+    import sys
+
+    heavy = ["papermill", "nbconvert", "nbclient", "jupyter_client", "git", "cupy", "rmm"]
+    code = ("import sys, gpuflow.run, gpuflow.config, gpuflow.flowsteps, gpuflow.schedule, gpuflow.resume; "
+            f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,115 @@
+"""The kernel a notebook runs in: its environment, and stopping it for sure.
+
+The environment is handed to the kernel manager per start (`env=`), never by
+changing `os.environ`: `gpuflow run` executes notebooks in threads at once,
+each pinned to its own GPU with CUDA_VISIBLE_DEVICES.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Names that look like credentials are kept out of the kernel unless passed
+# through by name: a notebook's outputs (and the HTML made from them) are
+# artifacts that get uploaded, and `%env` or a traceback prints variables.
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY",
+    re.IGNORECASE,
+)
+
+
+def kernel_env(base: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()) -> dict[str, str]:
+    """The kernel's environment: `base` (default `os.environ`) without the
+    variables whose names look like secrets, except those in `pass_env`."""
+    keep = set(pass_env)
+    source = os.environ if base is None else base
+    return {k: v for k, v in source.items() if k in keep or not SECRET_NAME.search(k)}
+
+
+def withheld(base: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()) -> list[str]:
+    source = os.environ if base is None else base
+    return sorted(set(source) - set(kernel_env(source, pass_env)))
+
+
+def new_manager(kernel_name: str) -> Any:
+    from jupyter_client.manager import AsyncKernelManager
+
+    # the kernel is shut down by execute, so no parent-process atexit games
+    return AsyncKernelManager(kernel_name=kernel_name)
+
+
+def pid_and_group(km: Any) -> tuple[int | None, int | None]:
+    provisioner = getattr(km, "provisioner", None)
+    return getattr(provisioner, "pid", None), getattr(provisioner, "pgid", None)
+
+
+def kill_now(km: Any, sig: int = signal.SIGKILL) -> bool:
+    """Signal the kernel's whole process group (its children too). Safe to call
+    from a signal handler or another thread: no event loop is involved."""
+    pid, pgid = pid_and_group(km)
+    try:
+        if pgid:
+            os.killpg(pgid, sig)
+        elif pid:
+            os.kill(pid, sig)
+        else:
+            return False
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def exit_status(km: Any) -> int | None:
+    """The kernel process's return code (negative: killed by that signal)."""
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    return process.poll() if process is not None else None
+
+
+def describe_death(status: int | None) -> str:
+    if status is None:
+        return "it stopped answering"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        hint = " (out of memory?)" if -status == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"it exited with status {status}"
+
+
+def shutdown(km: Any, *, interrupt: bool = False) -> None:
+    """Stop the kernel and remove its connection file; never raises, never waits long."""
+    from jupyter_core.utils import ensure_async, run_sync
+
+    async def stop() -> None:
+        try:
+            if interrupt and await km.is_alive():
+                await km.interrupt_kernel()
+            if await km.is_alive():
+                await km.shutdown_kernel(now=True)
+        finally:
+            await ensure_async(km.cleanup_resources())
+
+    try:
+        run_sync(stop)()
+    except Exception:  # the kernel may be half-started or gone; kill what is left
+        kill_now(km)
+
+
+def cancel_pending_tasks() -> None:
+    """Cancel the polling tasks nbclient leaves behind when a cell is abandoned
+    (timeout, dead kernel): they would otherwise wake up in the next run."""
+    import asyncio
+
+    from jupyter_core.utils import ensure_event_loop
+
+    loop = ensure_event_loop()
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))

@@ -1,0 +1,266 @@
+"""Summarise an artifact dir from what the steps recorded: summary.json,
+STEP_SUMMARY.md (GitHub style) and a self-contained index.html.
+
+The status is computed from the step records, never assumed: the old
+workflows printed "COMPLETED" whatever happened. A missing record or
+artifact is reported, never a crash.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuflow import cli, errors, record, tables
+from gpuflow.fsutil import atomic_write_text, sha256_file
+from gpuflow.log import log
+
+OUTPUTS = ("summary.json", "STEP_SUMMARY.md", "index.html")
+EXPECTED_STEPS = ("execute", "convert", "stage", "test")
+ORDER = ("preflight", "clone", "download", "execute", "convert", "stage", "test")
+TEST_FILES = ("coverage.xml", "pytest_results.xml", "pytest_report.html", "pytest_output.log")
+# step record detail keys that name a file the step wrote
+FILE_KEYS = ("output", "html", "log")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    title: str
+    status: str  # "success" | "failed"
+    exit_code: int
+    steps: list[dict[str, Any]]
+    tests: dict[str, Any] | None
+    notebook: dict[str, Any]
+    gpu: dict[str, Any] | None
+    artifacts: list[dict[str, Any]]
+    missing: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f"{self.title}: {self.status} (exit {self.exit_code})"
+
+    def _repr_html_(self) -> str:
+        rows = [(s["name"], s["status"], s["exit_code"], s["duration_s"], s["error"]) for s in self.steps]
+        return tables.table(rows, header=("step", "status", "exit", "seconds", "error"), caption=str(self))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def _step_row(rec: record.StepRecord) -> dict[str, Any]:
+    error = _ANSI.sub("", rec.error).splitlines()[0] if rec.error else None
+    return {"name": rec.name, "status": rec.status, "exit_code": rec.exit_code,
+            "duration_s": rec.duration_s, "error": error}
+
+
+def _steps(records: list[record.StepRecord]) -> tuple[list[dict[str, Any]], list[str]]:
+    rows = [_step_row(r) for r in records]
+    seen = {r.name for r in records}
+    missing = [name for name in EXPECTED_STEPS if name not in seen]
+    for name in missing:
+        rows.append({"name": name, "status": "skipped", "exit_code": None, "duration_s": None,
+                     "error": "no step record: the step did not run, or died before writing it"})
+    rows.sort(key=lambda r: ORDER.index(r["name"]) if r["name"] in ORDER else len(ORDER))
+    return rows, [f"steps/{name}.json" for name in missing]
+
+
+def _tests(artifact_dir: Path, records: list[record.StepRecord]) -> dict[str, Any] | None:
+    from gpuflow.test import parse_junit  # gpuflow.test imports nothing heavy
+
+    test_rec = next((r for r in records if r.name == "test"), None)
+    out_dir = Path(test_rec.details.get("out_dir") or artifact_dir) if test_rec else artifact_dir
+    junit = out_dir / "pytest_results.xml"
+    if not junit.is_file():
+        return None
+    log_file = out_dir / "pytest_output.log"
+    output = log_file.read_text(encoding="utf-8", errors="replace") if log_file.is_file() else ""
+    try:
+        counts = parse_junit(junit, output)
+    except errors.InputError as exc:
+        return {"error": str(exc)}
+    return {**{k: getattr(counts, k) for k in ("passed", "failed", "errors", "skipped", "xfailed", "xpassed")},
+            "total": counts.total, "failing": list(counts.failing)}
+
+
+def _notebook(records: list[record.StepRecord]) -> dict[str, Any]:
+    rec = next((r for r in records if r.name == "execute"), None)
+    if rec is None:
+        return {}
+    keys = ("input", "output", "cells", "executed_cells", "failed_cell", "error", "duration_s")
+    facts = {k: rec.details.get(k) for k in keys if k in rec.details}
+    facts.setdefault("duration_s", rec.duration_s)
+    return facts
+
+
+def _pick(data: dict[str, Any], keys: Sequence[str]) -> Any:
+    return next((data[k] for k in keys if data.get(k) is not None), None)
+
+
+def gpu_facts(path: Path) -> dict[str, Any] | None:
+    """GPU name, peak memory and mean utilisation from telemetry.json, plus
+    the memory series for the chart. Tolerant of key spellings: telemetry is
+    written by another step and may grow."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    gpus = data.get("gpus") if isinstance(data.get("gpus"), list) else []
+    first = gpus[0] if gpus and isinstance(gpus[0], dict) else {}
+    gpu = data.get("gpu") if isinstance(data.get("gpu"), dict) else {}
+    samples = [s for s in data.get("samples") or [] if isinstance(s, dict)]
+    series = []
+    for i, s in enumerate(samples):
+        mem = _pick(s, ("memory_used_mib", "mem_used_mib", "memory_used_mb", "used_mib", "memory_used"))
+        t = _pick(s, ("t", "elapsed_s", "time_s", "seconds"))
+        if isinstance(mem, (int, float)):
+            series.append((float(t) if isinstance(t, (int, float)) else float(i), float(mem)))
+    utils = [u for s in samples if isinstance(u := _pick(s, ("utilization_pct", "util", "gpu_util",
+                                                             "utilization_gpu", "utilization")), (int, float))]
+    peak = _pick(data, ("peak_memory_mib", "peak_memory_mb", "peak_mib"))
+    mean = _pick(data, ("mean_utilization_pct", "mean_util", "mean_utilization"))
+    return {
+        "name": _pick(data, ("name", "gpu_name")) or _pick(gpu, ("name",)) or _pick(first, ("name",)),
+        "count": len(gpus) or None,
+        "peak_memory_mib": peak if peak is not None else (max(m for _, m in series) if series else None),
+        "mean_utilization_pct": mean if mean is not None else (round(sum(utils) / len(utils), 1) if utils else None),
+        "samples": len(samples),
+        "memory_series": series,
+    }
+
+
+def _expected_files(artifact_dir: Path, records: list[record.StepRecord]) -> list[Path]:
+    files: list[Path] = []
+    for rec in records:
+        if rec.name == "test":
+            out = Path(rec.details.get("out_dir") or artifact_dir)
+            files += [out / name for name in TEST_FILES]
+        files += [Path(str(rec.details[k])) for k in FILE_KEYS if rec.details.get(k)]
+    return [f if f.is_absolute() else artifact_dir / f for f in files]
+
+
+def _artifacts(artifact_dir: Path, records: list[record.StepRecord]) -> tuple[list[dict[str, Any]], list[str]]:
+    found = {p for p in artifact_dir.iterdir() if p.is_file() and p.name not in OUTPUTS}
+    expected = _expected_files(artifact_dir, records)
+    found |= {p for p in expected if p.is_file()}
+    rows = [{"path": _rel(p, artifact_dir), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(found)]
+    missing = sorted({_rel(p, artifact_dir) for p in expected if not p.is_file()})
+    return rows, missing
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def build_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
+    """Read the records and files of `artifact_dir` into a `Summary`."""
+    artifact_dir = Path(artifact_dir)
+    if not artifact_dir.is_dir():
+        raise errors.InputError(f"{artifact_dir}: no such artifact dir")
+    records = record.read_all(artifact_dir)
+    steps, missing_records = _steps(records)
+    artifacts, missing_files = _artifacts(artifact_dir, records)
+    code = errors.worst([r.exit_code for r in records])
+    # nothing failed but something never reported: that is not a success
+    if code == 0 and (missing_records or not records):
+        code = errors.StepFailed.exit_code
+    return Summary(
+        title=title or artifact_dir.resolve().name, status="success" if code == 0 else "failed",
+        exit_code=code, steps=steps, tests=_tests(artifact_dir, records), notebook=_notebook(records),
+        gpu=gpu_facts(artifact_dir / "telemetry.json"), artifacts=artifacts,
+        missing=missing_records + missing_files,
+    )
+
+
+def write_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
+    """Write summary.json, STEP_SUMMARY.md and index.html into `artifact_dir`;
+    append the Markdown to $GITHUB_STEP_SUMMARY when it is set."""
+    from gpuflow import summary_render
+
+    summary = build_summary(artifact_dir, title=title)
+    markdown = summary_render.markdown(summary)
+    atomic_write_text(Path(artifact_dir) / "summary.json", summary.to_json())
+    atomic_write_text(Path(artifact_dir) / "STEP_SUMMARY.md", markdown)
+    atomic_write_text(Path(artifact_dir) / "index.html", summary_render.page(summary, Path(artifact_dir)))
+    append_step_summary(markdown)
+    return summary
+
+
+def append_step_summary(markdown: str) -> None:
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")
+
+
+def write_run_summary(run_dir: Path, *, title: str | None = None) -> Summary:
+    """Summarise each per-notebook dir of `run_dir`, then the run as a whole:
+    a table of notebooks with their status and links."""
+    from gpuflow import summary_render
+
+    run_dir = Path(run_dir)
+    dirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and (p / record.RECORD_DIR).is_dir())
+    parts = [(d.name, write_summary(d)) for d in dirs]
+    code = errors.worst([s.exit_code for _, s in parts]) if parts else errors.StepFailed.exit_code
+    steps = [{"name": name, "status": s.status, "exit_code": s.exit_code, "duration_s": None,
+              "error": next((r["error"] for r in s.steps if r["error"]), None)} for name, s in parts]
+    summary = Summary(title=title or "gpuflow run", status="success" if code == 0 else "failed",
+                      exit_code=code, steps=steps, tests=None, notebook={}, gpu=None, artifacts=[],
+                      missing=[] if parts else ["no per-notebook dirs with step records"])
+    markdown = summary_render.run_markdown(summary, parts)
+    atomic_write_text(run_dir / "summary.json", json.dumps(
+        {**asdict(summary), "notebooks": {n: asdict(s) for n, s in parts}}, indent=2, default=str))
+    atomic_write_text(run_dir / "STEP_SUMMARY.md", markdown)
+    atomic_write_text(run_dir / "index.html", summary_render.run_page(summary, parts))
+    return summary
+
+
+def write_results(results_dir: Path, summary: Summary, summary_path: Path) -> None:
+    """Tekton results: tiny files, no trailing newline (Tekton caps results at ~4 KB)."""
+    tests = summary.tests or {}
+    values = {"status": summary.status, "tests-passed": str(tests.get("passed", 0)),
+              "tests-failed": str(tests.get("failed", 0) + tests.get("errors", 0)),
+              "summary-path": str(summary_path)[:512]}
+    for name, value in values.items():
+        atomic_write_text(Path(results_dir) / name, value)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact_dir", type=Path, help="a notebook's artifact dir (or a run dir with --run)")
+    p.add_argument("--title", default=None, help="heading of the summary (default: the dir name)")
+    p.add_argument("--results-dir", type=Path, default=None, help="write Tekton results here")
+    p.add_argument("--run", action="store_true", help="aggregate the per-notebook dirs of a run dir")
+    p.add_argument("--exit-code", action="store_true",
+                   help="exit with the summarised status (default: 0 once the summary is written)")
+
+
+def _impl(args: argparse.Namespace) -> cli.Outcome:
+    writer = write_run_summary if args.run else write_summary
+    summary = writer(args.artifact_dir, title=args.title)
+    if args.results_dir is not None:
+        write_results(args.results_dir, summary, Path(args.artifact_dir) / "summary.json")
+    log.info(str(summary))
+    print(Path(args.artifact_dir) / "index.html")
+    return cli.Outcome(exit_code=summary.exit_code if args.exit_code else 0,
+                       details={"status": summary.status, "exit_code": summary.exit_code})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.parser("gpuflow.summary", "Write summary.json, STEP_SUMMARY.md and index.html from step records.")
+    add_arguments(p)
+    # no record of its own: the summary must not summarise itself
+    return cli.run_cli("gpuflow.summary", p, argv, _impl)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
