@@ -9,27 +9,19 @@ with the right exit code (see docs/execute.md for the table).
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
+import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from gpuflow import cli, errors, prepare
+from gpuflow import cli, errors, prepare, runner
 from gpuflow import guard as _guard
 from gpuflow import kernel as _kernel
-from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import log
 from gpuflow.nblog import run_logger
 from gpuflow.params import parameters_from_args
-
-STARTUP_TIMEOUT = 120.0  # seconds; generous: CI machines are busy and CUDA imports are slow
-IOPUB_TIMEOUT = 30  # seconds to wait for a finished cell's last output
-SAVE_EVERY = 5.0  # seconds between progress saves: papermill saves after every cell (quadratic)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,25 +44,6 @@ class ExecuteResult:
 
     def details(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-
-@dataclass
-class _Stop:
-    """Why execution stopped early, and where (index in the executed notebook)."""
-
-    exc: type[errors.GpuflowError] | type[errors.Stopped]
-    what: str
-    cell: int | None
-    banner: str
-
-
-@dataclass
-class _State:
-    km: Any = None
-    started: bool = False
-    current: int | None = None
-    limit: str = "cell"  # which limit applies to the running cell: "cell" | "notebook"
-    stopped_by: int | None = None  # signal number
 
 
 def execute_notebook(
@@ -102,6 +75,7 @@ def execute_notebook(
     log_path = Path(log_path) if log_path else output_path.parent / "papermill.log"
     if prepare.same_file(input_path, output_path):
         raise errors.InputError(f"output {output_path} is the input notebook; it is never overwritten")
+    _check_options(cwd, cell_timeout, timeout)
     nb = prepare.load_notebook(input_path)
     name = kernel or nb.metadata.get("kernelspec", {}).get("name") or "python3"
     prepare.check_writable(output_path.parent)
@@ -119,44 +93,58 @@ def execute_notebook(
         cells=len(nb.cells), executed_cells=0, parameters=params, prepared=report.summary(),
     )
     if prepare_only:
-        _save(nb, output_path)
+        runner.write_notebook(nb, output_path)
         return replace(base, duration_s=round(time.monotonic() - t0, 3))
     kernel_env = _kernel.kernel_env(env, pass_env)
     with run_logger(log_path, log_level, progress_bar) as (logger, bar):
-        logger.info(f"Input Notebook:  {input_path}")
-        logger.info(f"Output Notebook: {output_path}")
+        logger.info(f"Input Notebook:  {input_path}\nOutput Notebook: {output_path}")
         logger.info(f"Preparation: {report.summary()}")
         hidden = _kernel.withheld(env, pass_env)
         if hidden:
             logger.info(f"Kept from the kernel (look like secrets; --pass-env NAME passes one): {', '.join(hidden)}")
-        stop: _Stop | None = None
-        nb_man = _manager(nb, output_path, logger, bar)
-        nb_man.notebook_start()
-        try:
-            with _guard.telemetry(opts, output_path.parent / "telemetry.json"):
-                stop = _run(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
-        except errors.Stopped as exc:  # a signal before the kernel was up
-            stop = _Stop(type(exc), str(exc), None, str(exc).replace("{", "(").replace("}", ")"))
+        stop: runner.Stop | None = None
+        nb_man = runner.manager(nb, output_path, logger, bar)
+        try:  # whatever happens, what ran is saved
+            nb_man.notebook_start()
+            try:
+                with _guard.telemetry(opts, output_path.parent / "telemetry.json"):
+                    stop = runner.run(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
+            except errors.Stopped as exc:  # a signal before the kernel was up
+                stop = runner.Stop(type(exc), str(exc), None, str(exc).replace("{", "(").replace("}", ")"))
+            finally:
+                nb_man.cleanup_pbar()
+                nb_man.notebook_complete()
+                _guard.finalize_notebook(nb)
+            stop = stop or _cell_error(nb)
+            if stop is not None:
+                _add_banner(nb, stop)
         finally:
-            nb_man.cleanup_pbar()
-            nb_man.notebook_complete()
-            _guard.finalize_notebook(nb)
-        stop = stop or _cell_error(nb)
-        if stop is not None:
-            _add_banner(nb, stop)
-        _save(nb, output_path)
+            runner.write_notebook(nb, output_path)
     result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
-    if stop is None:
-        return result
+    if stop is not None:
+        _raise_for(stop, nb, origin, result)
+    return result
+
+
+def _raise_for(stop: runner.Stop, nb: Any, origin: dict[Any, int], result: ExecuteResult) -> None:
+    """Raise the stop's exception with its one-line message and the result."""
     failed = _input_index(nb, stop.cell, origin)
     where = _where(nb, stop.cell, failed)
     what = stop.what.format(where=where) if where else stop.what.replace(" in {where}", "").replace("{where} ", "")
-    message = f"{what} (see {output_path})"
+    message = f"{what} (see {result.output})"
     result = replace(result, status="failed", exit_code=stop.exc.exit_code, failed_cell=failed, error=message)
     exc = stop.exc(message)
     exc.result = result  # type: ignore[union-attr]
     exc.details = result.details()  # type: ignore[union-attr]
     raise exc
+
+
+def _check_options(cwd: Path | None, cell_timeout: float | None, timeout: float | None) -> None:
+    if cwd is not None and not Path(cwd).is_dir():
+        raise errors.InputError(f"--cwd {cwd} is not a directory")
+    for flag, value in (("--cell-timeout", cell_timeout), ("--timeout", timeout)):
+        if value is not None and value <= 0:
+            raise errors.UsageError(f"{flag} must be a positive number of seconds, not {value:g}")
 
 
 def _papermill_metadata(
@@ -177,144 +165,7 @@ def _papermill_metadata(
     nb = prepare_notebook_metadata(nb, str(input_path), str(output_path), report_mode)
     return remove_error_markers(nb)
 
-
-def _manager(nb: Any, output_path: Path, logger: Any, bar: Any) -> Any:
-    from papermill.engines import NotebookExecutionManager
-
-    class Manager(NotebookExecutionManager):  # type: ignore[misc]
-        """papermill's bookkeeping, with atomic saves at most every few seconds."""
-
-        every = SAVE_EVERY
-
-        def save(self, **kwargs: Any) -> None:
-            if (self.now() - self.last_save_time).total_seconds() >= self.every:
-                took = time.monotonic()
-                _save(self.nb, output_path)
-                self.every = max(SAVE_EVERY, 4 * (time.monotonic() - took))
-                self.last_save_time = self.now()
-
-        def cell_start(self, cell: Any, cell_index: int | None = None, **kwargs: Any) -> None:
-            logger.info(f"Executing Cell {(cell_index or 0) + 1:-<40}")
-            super().cell_start(cell, cell_index, **kwargs)
-
-        def cell_complete(self, cell: Any, cell_index: int | None = None, **kwargs: Any) -> None:
-            logger.info(f"Ending Cell {(cell_index or 0) + 1:-<43}")
-            super().cell_complete(cell, cell_index, **kwargs)
-
-    manager = Manager(nb, output_path=str(output_path), log_output=False, progress_bar=bar or False)
-    return manager
-
-
-def _run(
-    nb_man: Any, name: str, env: dict[str, str], cwd: Path | None,
-    cell_timeout: float | None, timeout: float | None, logger: Any,
-) -> _Stop | None:
-    """Run the kernel over the notebook; return why it stopped early, if it did."""
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.clientwrap import PapermillNotebookClient
-
-    state = _State()
-    deadline = time.monotonic() + timeout if timeout else None
-
-    def on_cell_start(cell: Any, cell_index: int) -> None:
-        state.current = cell_index
-        if deadline is not None and time.monotonic() >= deadline:
-            raise errors.NotebookTimeout("deadline passed between cells")
-
-    def timeout_func(cell: Any) -> float | None:
-        left = deadline - time.monotonic() if deadline is not None else None
-        state.limit = "notebook" if left is not None and (cell_timeout is None or left < cell_timeout) else "cell"
-        limit = left if state.limit == "notebook" else cell_timeout
-        return None if limit is None else max(limit, 0.01)
-
-    def on_started(notebook: Any) -> None:
-        state.started = True
-
-    for attempt in (1, 2):
-        state.km = _kernel.new_manager(name)
-        client = PapermillNotebookClient(
-            nb_man, km=state.km, kernel_name=name, startup_timeout=STARTUP_TIMEOUT, log=logger,
-            log_output=True, timeout_func=timeout_func, iopub_timeout=IOPUB_TIMEOUT,
-            on_cell_start=on_cell_start, on_notebook_start=on_started,
-        )
-        stop: _Stop | None = None
-        try:
-            with _signals_kill(state):
-                client.execute(env=env, cwd=str(cwd) if cwd else None)
-        except errors.NotebookTimeout:
-            stop = _timeout_stop(state, timeout, cell_timeout, between_cells=True)
-        except CellTimeoutError:
-            stop = _timeout_stop(state, timeout, cell_timeout)
-        except DeadKernelError:
-            stop = _death_stop(state)
-        except (RuntimeError, TimeoutError, OSError) as exc:
-            if state.started or state.stopped_by:
-                stop = _death_stop(state) if not state.stopped_by else _signal_stop(state)
-            elif attempt == 1:
-                logger.warning(f"kernel {name} did not start ({exc}); retrying once")
-                continue
-            else:
-                stop = _Stop(errors.KernelDied, f"kernel {name} did not start: {exc}", None,
-                             f"The kernel {name} did not start: {exc}")
-        finally:
-            if client.kc is not None:
-                client.kc.stop_channels()
-            _kernel.shutdown(state.km, interrupt=stop is not None and stop.exc is not errors.KernelDied)
-            _kernel.cancel_pending_tasks()
-        if state.stopped_by and (stop is None or stop.exc is errors.KernelDied):
-            stop = _signal_stop(state)
-        return stop
-    return None
-
-
-def _timeout_stop(state: _State, timeout: float | None, cell_timeout: float | None,
-                  between_cells: bool = False) -> _Stop:
-    if between_cells or state.limit == "notebook":
-        what = f"notebook timed out after {timeout:g}s"
-        return _Stop(errors.NotebookTimeout, what + " in {where}", state.current,
-                     f"the {what} (--timeout); the kernel was interrupted and shut down")
-    what = f"timed out after {cell_timeout:g}s"
-    return _Stop(errors.CellTimeout, "{where} " + what, state.current,
-                 f"this cell {what} (--cell-timeout); the kernel was interrupted and shut down")
-
-
-def _death_stop(state: _State) -> _Stop:
-    why = _kernel.describe_death(_kernel.exit_status(state.km))
-    return _Stop(errors.KernelDied, "kernel died in {where}: " + why, state.current, f"the kernel died: {why}")
-
-
-def _signal_stop(state: _State) -> _Stop:
-    signum = state.stopped_by or signal.SIGTERM
-    exc = errors.Interrupted if signum == signal.SIGINT else errors.Terminated
-    what = f"terminated by {signal.Signals(signum).name}"
-    return _Stop(exc, what + " in {where}", state.current, f"{what}; the kernel was shut down")
-
-
-@contextmanager
-def _signals_kill(state: _State) -> Iterator[None]:
-    """SIGTERM/SIGINT kill the kernel; nbclient then sees a dead kernel within
-    a second and the run unwinds normally, saving the notebook. Raising from
-    the handler instead could land inside one of nbclient's polling tasks and
-    be swallowed there. Before the kernel exists, the handler raises."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread gets signals; `gpuflow run` stops threads itself
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        state.stopped_by = signum
-        if not _kernel.kill_now(state.km):
-            exc = errors.Interrupted if signum == signal.SIGINT else errors.Terminated
-            raise exc(f"terminated by {signal.Signals(signum).name}", signum=signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-def _cell_error(nb: Any) -> _Stop | None:
+def _cell_error(nb: Any) -> runner.Stop | None:
     """The first cell error output, as papermill's raise_for_execution_errors finds it."""
     for index, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
@@ -323,17 +174,15 @@ def _cell_error(nb: Any) -> _Stop | None:
             if out.get("ename") == "SystemExit" and out.get("evalue") in ("", "0"):
                 continue
             what = f"{out.get('ename')}: {_plain(out.get('evalue', ''))}".replace("{", "{{").replace("}", "}}")
-            return _Stop(errors.CellError, "{where} raised " + what, index, "")
+            return runner.Stop(errors.CellError, "{where} raised " + what, index, "")
     return None
 
 
 def _plain(text: str) -> str:
-    import re
-
     return re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0] if text.strip() else ""
 
 
-def _add_banner(nb: Any, stop: _Stop) -> None:
+def _add_banner(nb: Any, stop: runner.Stop) -> None:
     """papermill's error banner: a red line at the top linking to an anchor
     cell before the failing cell. Timeouts and dead kernels get the same kind
     of banner, saying why execution stopped (papermill gives none)."""
@@ -385,13 +234,7 @@ def _executed(nb: Any) -> int:
     return sum(1 for c in nb.cells if c.cell_type == "code" and c.get("execution_count") is not None)
 
 
-def _save(nb: Any, path: Path) -> None:
-    import nbformat
 
-    atomic_write_text(path, nbformat.writes(nb))
-
-
-# -- CLI ----------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="notebook to execute (never modified)")
     p.add_argument("output", type=Path, help="executed notebook to write (partial on failure)")

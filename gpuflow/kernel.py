@@ -37,7 +37,8 @@ def withheld(base: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()
 def new_manager(kernel_name: str) -> Any:
     from jupyter_client.manager import AsyncKernelManager
 
-    # the kernel is shut down by execute, so no parent-process atexit games
+    # gpuflow owns this manager (nbclient then leaves the kernel to us), so it can
+    # read the kernel's exit status and kill its process group for sure
     return AsyncKernelManager(kernel_name=kernel_name)
 
 
