@@ -40,7 +40,8 @@ def refuse_unsafe(dest: Path) -> None:
     """Refuse to replace /, $HOME or any directory holding it, or the cwd or
     any directory holding it: those are never what a clone should replace."""
     target = dest.resolve()
-    guarded = [Path("/"), Path.home().resolve(), Path.cwd().resolve()]
+    home = os.environ.get("HOME")  # not Path.home(): a container's arbitrary UID may have no passwd entry
+    guarded = [Path("/"), Path.cwd().resolve(), *([Path(home).resolve()] if home else [])]
     for keep in guarded:
         if target == keep or target in keep.parents:
             raise UnsafePathError(f"refusing to replace {dest}: it is or holds {keep}")

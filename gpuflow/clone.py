@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from gpuflow import backup as backups
 from gpuflow import cli
 from gpuflow.errors import AuthError, CloneError, ConfigError, InputError
 from gpuflow.fsutil import atomic_write_text
-from gpuflow.log import log, redact
+from gpuflow.log import add_secret, log, redact
 from gpuflow.retry import Backoff, with_retries
 
 if TYPE_CHECKING:
@@ -35,16 +36,17 @@ _KEEP_GIT_ENV = (
     "GIT_ALLOW_PROTOCOL", "GIT_PROTOCOL_FROM_USER", "GIT_AUTHOR_", "GIT_COMMITTER_", "GIT_EXEC_PATH",
 )
 
-# git's stderr -> (permanent?, what a person should do). First match wins.
+# git's stderr (a regex) -> (permanent?, what a person should do). First match wins.
 _HINTS: tuple[tuple[str, bool, str], ...] = (
     ("authentication failed", True, "authentication failed: check the token (--token-env / --token-file) "
      "and that it can read this repository"),
-    ("could not read username", True, "the server asked for credentials: pass a token with --token-env "
-     "or --token-file"),
-    ("could not read password", True, "the server rejected the credentials: check the token"),
-    ("returned error: 401", True, "authentication required: pass a token with --token-env or --token-file"),
+    ("could not read username", True, "authentication failed: the server wants credentials; pass a token "
+     "with --token-env or --token-file, or check the one given"),
+    ("could not read password", True, "authentication failed: the server rejected the credentials"),
+    ("returned error: 401", True, "authentication failed: pass a token with --token-env or --token-file"),
     ("returned error: 403", True, "access denied: the token cannot read this repository"),
     ("repository not found", True, "repository not found: check the URL (or the token's access)"),
+    ("repository '.*' not found", True, "repository not found: check the URL"),
     ("returned error: 404", True, "repository not found: check the URL"),
     ("does not appear to be a git repository", True, "not a git repository: check the URL"),
     ("couldn't find remote ref", True, "revision not found on the remote"),
@@ -57,6 +59,9 @@ _HINTS: tuple[tuple[str, bool, str], ...] = (
     ("could not resolve host", False, "could not resolve the host name"),
     ("failed to connect", False, "could not connect"),
     ("early eof", False, "the connection dropped"),
+    ("empty reply from server", False, "the connection dropped"),
+    ("recv failure", False, "the connection dropped"),
+    ("send failure", False, "the connection dropped"),
     ("the remote end hung up", False, "the connection dropped"),
     ("rpc failed", False, "the transfer failed"),
 )
@@ -112,7 +117,7 @@ def clone(
     if depth is not None and depth < 1:
         raise ConfigError(f"--depth must be at least 1, not {depth}")
     backups.refuse_unsafe(dest)
-    remote, env = _remote_and_env(url, token_env=token_env, token_file=token_file)
+    remote, env = _remote_and_env(url, dest, token_env=token_env, token_file=token_file)
     aside = backups.set_aside(dest, keep=backup)
     attempts = 0
 
@@ -146,15 +151,16 @@ def strip_credentials(url: str) -> str:
     return url
 
 
-def _remote_and_env(url: str, *, token_env: str | None, token_file: Path | None) -> tuple[str, dict[str, str]]:
+def _remote_and_env(url: str, dest: Path, *, token_env: str | None,
+                    token_file: Path | None) -> tuple[str, dict[str, str]]:
     parts = urllib.parse.urlsplit(url)
     remote = strip_credentials(url)
     if not parts.scheme and Path(url).exists():  # a local path, relative to the cwd of the caller
         remote = str(Path(url).absolute())
     token = _read_token(token_env, token_file) or parts.password
-    env = scrubbed_env(os.environ)
+    env = scrubbed_env(os.environ, dest)
     if token and parts.scheme in ("http", "https"):
-        log.add_secret(token)
+        add_secret(token)
         prefix = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}/"
         add_auth_header(env, prefix, token)
     return remote, env
@@ -178,10 +184,22 @@ def _read_token(token_env: str | None, token_file: Path | None) -> str | None:
     return token
 
 
-def scrubbed_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment for git: inherited GIT_* variables dropped except the
-    ones that configure transport and auth; never a terminal prompt."""
-    env = {k: v for k, v in environ.items() if not k.startswith("GIT_") or k.startswith(_KEEP_GIT_ENV)}
+def scrubbed_env(environ: Mapping[str, str], dest: Path) -> dict[str, str]:
+    """The environment for git in `dest`: inherited GIT_* variables are
+    neutralised except the ones that configure transport and auth; never a
+    terminal prompt.
+
+    GitPython starts every child from a copy of os.environ and only lays our
+    dict over it, so a variable cannot be removed: the ones that say which
+    repository to act on are pinned to `dest` instead, the rest emptied.
+    """
+    gitdir = dest / ".git"
+    pinned = {"GIT_DIR": gitdir, "GIT_WORK_TREE": dest, "GIT_COMMON_DIR": gitdir,
+              "GIT_INDEX_FILE": gitdir / "index", "GIT_OBJECT_DIRECTORY": gitdir / "objects"}
+    env = dict(environ)
+    for key in environ:
+        if key.startswith("GIT_") and not key.startswith(_KEEP_GIT_ENV):
+            env[key] = str(pinned.get(key, ""))
     env["GIT_TERMINAL_PROMPT"] = "0"
     env["GCM_INTERACTIVE"] = "never"
     # a stalled transfer fails (and is retried) instead of hanging the step
@@ -195,7 +213,7 @@ def add_auth_header(env: dict[str, str], url_prefix: str, token: str) -> None:
     (GIT_CONFIG_COUNT/KEY/VALUE), scoped to the one host, so it never lands
     in argv, a remote URL or .git/config."""
     basic = base64.b64encode(f"x-access-token:{token}".encode()).decode("ascii")
-    log.add_secret(basic)
+    add_secret(basic)
     _add_config(env, f"http.{url_prefix}.extraHeader", f"Authorization: Basic {basic}")
 
 
@@ -211,23 +229,29 @@ def _clone_once(remote: str, dest: Path, env: dict[str, str], *, revision: str |
     import git  # GitPython: imported here so `import gpuflow.clone` stays cheap
 
     dest.mkdir(parents=True, exist_ok=True)
-    repo = git.Repo.init(dest)
-    repo.git.update_environment(**env)
-    _git(repo, "remote", "add", "origin", remote)
-    commit = _fetch_revision(repo, revision, depth)
-    if sparse:
-        _git(repo, "sparse-checkout", "set", "--", *sparse)
-    _git(repo, "checkout", "-q", "--detach", commit)
-    if submodules:
-        extra = [f"--depth={depth}"] if depth else []
-        _git(repo, "submodule", "update", "--init", "--recursive", *extra)
-    return str(repo.head.commit.hexsha)
+    init = git.Git(str(dest))
+    init.update_environment(**env)
+    _git(init, "init", "-q")  # not Repo.init: that would run `git init` without our environment
+    repo = git.Repo(dest)
+    try:
+        repo.git.update_environment(**env)
+        _git(repo.git, "remote", "add", "origin", remote)
+        commit = _fetch_revision(repo, revision, depth)
+        if sparse:
+            _git(repo.git, "sparse-checkout", "set", "--", *sparse)
+        _git(repo.git, "checkout", "-q", "--detach", commit)
+        if submodules:
+            extra = [f"--depth={depth}"] if depth else []
+            _git(repo.git, "submodule", "update", "--init", "--recursive", *extra)
+        return str(repo.head.commit.hexsha)
+    finally:
+        repo.close()  # ends GitPython's persistent cat-file children, which would keep DEST busy
 
 
 def _fetch_revision(repo: git.Repo, revision: str | None, depth: int | None) -> str:
     shallow = [f"--depth={depth}"] if depth else []
     try:
-        _git(repo, "fetch", "-q", "--no-tags", *shallow, "origin", revision or "HEAD")
+        _git(repo.git, "fetch", "-q", "--no-tags", *shallow, "origin", revision or "HEAD")
         return str(repo.git.rev_parse("FETCH_HEAD^{commit}"))
     except _RevisionMissing:
         if revision is None:
@@ -236,10 +260,10 @@ def _fetch_revision(repo: git.Repo, revision: str | None, depth: int | None) -> 
     # abbreviated SHA, say. Fetch every branch and tag and look for it,
     # deepening to the full history if the shallow one lacks it.
     refspecs = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"]
-    _git(repo, "fetch", "-q", *shallow, "origin", *refspecs)
+    _git(repo.git, "fetch", "-q", *shallow, "origin", *refspecs)
     found = _resolve(repo, revision)
     if found is None and depth:
-        _git(repo, "fetch", "-q", "--unshallow", "origin", *refspecs)
+        _git(repo.git, "fetch", "-q", "--unshallow", "origin", *refspecs)
         found = _resolve(repo, revision)
     if found is None:
         raise CloneError(f"revision {revision!r} not found in {redact(str(repo.remotes.origin.url))}")
@@ -257,12 +281,12 @@ def _resolve(repo: git.Repo, revision: str) -> str | None:
     return None
 
 
-def _git(repo: git.Repo, *args: str) -> Any:
+def _git(runner: git.Git, *args: str) -> Any:
     import git
 
     log.debug(f"+ git {redact(' '.join(args))}")
     try:
-        return repo.git.execute(["git", *args])
+        return runner.execute(["git", *args])
     except git.GitCommandError as exc:
         raise _classify(exc) from None
 
@@ -273,12 +297,12 @@ def _classify(exc: Any) -> CloneError:
     lines = [line.strip().removeprefix("stderr: '").rstrip("'") for line in stderr.splitlines() if line.strip()]
     detail = redact(lines[-1] if lines else str(exc).strip())
     for needle, permanent, hint in _HINTS:
-        if needle in lowered:
+        if re.search(needle, lowered):
             if needle == "couldn't find remote ref":
                 return _RevisionMissing(f"{hint} ({detail})")
             if not permanent:
                 return _Transient(f"{hint} ({detail})")
-            cls = AuthError if "token" in hint or "credentials" in hint or "denied" in hint else CloneError
+            cls = AuthError if hint.startswith(("authentication", "access denied")) else CloneError
             return cls(f"{hint} ({detail})")
     return CloneError(f"git failed: {detail}")
 

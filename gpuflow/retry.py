@@ -38,27 +38,32 @@ def with_retries(
     policy: Backoff,
     transient: Callable[[BaseException], bool],
     what: str,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     between: Callable[[BaseException], None] | None = None,
 ) -> T:
     """Call `attempt(n)` for n = 1.. until it returns, a failure is not
     transient, or the tries run out; then the last exception propagates.
 
     `between(exc)` runs after each failed try that will be retried (remove a
-    partial clone, say); `sleep` is injectable so tests take no time.
+    partial clone, say); `sleep` (default `time.sleep`, looked up at call
+    time) is injectable so tests take no time.
     """
     for n in range(1, max(1, policy.attempts) + 1):
         try:
             return attempt(n)
         except Exception as exc:
-            if n >= policy.attempts or not transient(exc):
+            if not transient(exc):
+                raise
+            if n >= policy.attempts:
+                if n > 1:
+                    log.warning(f"{what}: giving up after {n} tries")
                 raise
             wait = policy.delay(n)
             log.warning(f"{what}: try {n}/{policy.attempts} failed ({_first_line(exc)}); "
                         f"retrying in {wait:.1f}s")
             if between is not None:
                 between(exc)
-            sleep(wait)
+            (sleep or time.sleep)(wait)
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
