@@ -1,8 +1,9 @@
 """gpuflow.convert vs `jupyter nbconvert --to html`, on a real notebook.
 
 Both run as fresh processes (what a CI step pays), alternating A/B so that
-disk cache and CPU frequency drift hit both alike. Prints medians and the
-ratio gpuflow/CLI (lower is better).
+disk cache and CPU frequency drift hit both alike. Prints medians of wall
+time and of CPU time (user+sys of the child: steadier on a busy machine) and
+the ratios gpuflow/CLI (lower is better).
 
     python benchmarks/convert_bench.py [NOTEBOOK.ipynb ...] [--runs N]
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -23,13 +25,23 @@ CORPUS = ROOT.parent / "shared" / "corpus" / "single-cell-analysis-blueprint"
 DEFAULT = [CORPUS / "01_scRNA_analysis_preprocessing.ipynb", CORPUS / "06_scRNA_analysis_90k_brain_example.ipynb"]
 
 
-def _timed(cmd: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, cpu) seconds of one run."""
+    c0, t0 = _cpu(), time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _cpu() - c0
 
 
-def bench(notebook: Path, runs: int) -> tuple[float, float]:
+def _medians(samples: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples)
+
+
+def bench(notebook: Path, runs: int) -> tuple[tuple[float, float], tuple[float, float]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     jupyter = str(Path(sys.executable).with_name("jupyter"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,7 +54,7 @@ def bench(notebook: Path, runs: int) -> tuple[float, float]:
         for _ in range(runs):
             a.append(_timed(cli, env))
             b.append(_timed(ours, env))
-    return statistics.median(a), statistics.median(b)
+    return _medians(a), _medians(b)
 
 
 def main() -> int:
@@ -54,10 +66,13 @@ def main() -> int:
     if missing:
         print(f"skipped: not found: {', '.join(map(str, missing))}", file=sys.stderr)
     for notebook in (n for n in args.notebooks if n.is_file()):
-        cli, ours = bench(notebook, args.runs)
+        (cli_wall, cli_cpu), (our_wall, our_cpu) = bench(notebook, args.runs)
         size = notebook.stat().st_size / 1e6
-        print(f"{notebook.name} ({size:.1f} MB, {args.runs} runs): jupyter nbconvert {cli:.2f}s  "
-              f"gpuflow.convert {ours:.2f}s  ratio {ours / cli:.2f}")
+        print(f"{notebook.name} ({size:.1f} MB, {args.runs} runs, medians)\n"
+              f"  wall: jupyter nbconvert {cli_wall:.2f}s  gpuflow.convert {our_wall:.2f}s  "
+              f"ratio {our_wall / cli_wall:.2f}\n"
+              f"  cpu:  jupyter nbconvert {cli_cpu:.2f}s  gpuflow.convert {our_cpu:.2f}s  "
+              f"ratio {our_cpu / cli_cpu:.2f}")
     return 0
 
 

@@ -8,11 +8,13 @@ Partial and failed notebooks convert too: the report must show the error.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import io
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,7 +137,8 @@ def convert_notebook(
         exporter = _exporter(template, no_input, embed_images, sanitize_html, logger)
         _cache_templates(exporter)
         try:
-            body, _ = exporter.from_notebook_node(nb, resources=_metadata(notebook))
+            with _gc_paused():
+                body, _ = exporter.from_notebook_node(nb, resources=_metadata(notebook))
         except Exception as exc:  # nbformat.ValidationError, template errors
             raise errors.InputError(f"{notebook}: nbconvert failed: {str(exc).splitlines()[0][:200]}") from None
         _check_html(body, notebook)
@@ -149,6 +152,20 @@ def convert_notebook(
         atomic_write_text(log_path, buffer.getvalue())
     return ConvertResult(notebook=notebook, html=html_path, bytes=size,
                          duration_s=round(time.monotonic() - t0, 3), log=log_path)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # nbconvert builds hundreds of thousands of short-lived objects (Jinja
+    # output, the BeautifulSoup tree of the page) and no cycles worth
+    # collecting mid-way; the collector's passes cost ~7% of a conversion
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _file_logger(buffer: io.StringIO) -> logging.Logger:

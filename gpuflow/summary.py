@@ -69,15 +69,13 @@ def _steps(records: list[record.StepRecord]) -> tuple[list[dict[str, Any]], list
     return rows, [f"steps/{name}.json" for name in missing]
 
 
-def _tests(artifact_dir: Path, records: list[record.StepRecord]) -> dict[str, Any] | None:
+def _tests(artifact_dir: Path) -> dict[str, Any] | None:
     from gpuflow.test import parse_junit  # gpuflow.test imports nothing heavy
 
-    test_rec = next((r for r in records if r.name == "test"), None)
-    out_dir = Path(test_rec.details.get("out_dir") or artifact_dir) if test_rec else artifact_dir
-    junit = out_dir / "pytest_results.xml"
+    junit = artifact_dir / "pytest_results.xml"
     if not junit.is_file():
         return None
-    log_file = out_dir / "pytest_output.log"
+    log_file = artifact_dir / "pytest_output.log"
     output = log_file.read_text(encoding="utf-8", errors="replace") if log_file.is_file() else ""
     try:
         counts = parse_junit(junit, output)
@@ -135,14 +133,21 @@ def gpu_facts(path: Path) -> dict[str, Any] | None:
     }
 
 
+def _locate(recorded: str, artifact_dir: Path) -> Path:
+    # artifact dirs get moved (uploaded, downloaded, copied): a file of the
+    # same name in the dir being summarised wins over the recorded path
+    path = Path(recorded)
+    here = artifact_dir / path.name
+    return path if not here.is_file() and path.is_absolute() and path.is_file() else here
+
+
 def _expected_files(artifact_dir: Path, records: list[record.StepRecord]) -> list[Path]:
     files: list[Path] = []
     for rec in records:
-        if rec.name == "test":
-            out = Path(rec.details.get("out_dir") or artifact_dir)
-            files += [out / name for name in TEST_FILES]
-        files += [Path(str(rec.details[k])) for k in FILE_KEYS if rec.details.get(k)]
-    return [f if f.is_absolute() else artifact_dir / f for f in files]
+        if rec.name == "test":  # its record lives beside its outputs
+            files += [artifact_dir / name for name in TEST_FILES]
+        files += [_locate(str(rec.details[k]), artifact_dir) for k in FILE_KEYS if rec.details.get(k)]
+    return files
 
 
 def _artifacts(artifact_dir: Path, records: list[record.StepRecord]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -176,7 +181,7 @@ def build_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
         code = errors.StepFailed.exit_code
     return Summary(
         title=title or artifact_dir.resolve().name, status="success" if code == 0 else "failed",
-        exit_code=code, steps=steps, tests=_tests(artifact_dir, records), notebook=_notebook(records),
+        exit_code=code, steps=steps, tests=_tests(artifact_dir), notebook=_notebook(records),
         gpu=gpu_facts(artifact_dir / "telemetry.json"), artifacts=artifacts,
         missing=missing_records + missing_files,
     )

@@ -45,15 +45,16 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]
     return out + ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
 
 
-def _step_rows(summary: Summary) -> list[tuple[Any, ...]]:
-    return [(f"{ICON.get(s['status'], '')} {s['status']}", s["name"], s["exit_code"],
+def _step_rows(summary: Summary, icons: bool = True) -> list[tuple[Any, ...]]:
+    # no emoji in index.html: a headless or minimal system may lack the font
+    return [(f"{ICON.get(s['status'], '')} {s['status']}" if icons else s["status"], s["name"], s["exit_code"],
              None if s["duration_s"] is None else f"{s['duration_s']:.1f}s", s["error"]) for s in summary.steps]
 
 
 def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
     nb, gpu = summary.notebook, summary.gpu or {}
     rows = [("Cells", f"{nb.get('executed_cells', '?')} of {nb['cells']} executed" if "cells" in nb else None),
-            ("Failing cell", nb.get("failed_cell")), ("Notebook error", nb.get("error")),
+            ("Failing cell (index from 0)", nb.get("failed_cell")), ("Notebook error", nb.get("error")),
             ("Notebook duration", f"{nb['duration_s']:.1f}s" if nb.get("duration_s") is not None else None),
             ("GPU", gpu.get("name") or ("none recorded" if not summary.gpu else None)),
             ("GPU peak memory", f"{gpu['peak_memory_mib']:.0f} MiB" if gpu.get("peak_memory_mib") else None),
@@ -130,10 +131,10 @@ def _links(artifact_dir: Path) -> str:
 
 def page(summary: Summary, artifact_dir: Path) -> str:
     body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>',
-            tables.table(_step_rows(summary), header=("Status", "Step", "Exit", "Duration", "Error"),
+            tables.table(_step_rows(summary, icons=False), header=("Status", "Step", "Exit", "Duration", "Error"),
                          caption="Steps")]
     if summary.tests and "passed" in summary.tests:
-        body.append(tables.table([(label, summary.tests[k]) for k, label in TEST_ROWS],
+        body.append(tables.table([(label.split(" ", 1)[1], summary.tests[k]) for k, label in TEST_ROWS],
                                  header=("Metric", "Count"), caption="Tests"))
         body += [f"<p>Failing: <code>{html.escape(t)}</code></p>" for t in summary.tests["failing"]]
     body.append(tables.table(_fact_rows(summary), header=("Fact", "Value"), caption="Notebook and GPU"))
