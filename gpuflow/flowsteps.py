@@ -1,5 +1,5 @@
 """One notebook's way through `gpuflow run`: execute -> convert -> stage ->
-test -> summary, calling the same step functions as the step CLIs.
+test, calling the same step functions as the step CLIs.
 
 Execute runs as its own `python -m gpuflow.execute` process: one kernel per
 process keeps parallel notebooks clear of the ZMQ-context and port races that
@@ -27,7 +27,7 @@ from gpuflow.log import log
 from gpuflow.resume import StepCache, digest, read_record
 from gpuflow.schedule import Slot
 
-KERNEL_START_TRIES = 3
+KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +106,7 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
             note("stage", *_stage(flow, job))
             if codes["stage"] == 0 and not flow.stop.is_set():
                 note("test", *_test(flow, job, cache))
-    note("summary", *_summary(flow, job))
+    # the summaries are written once for all notebooks, by write_run_summary
     bad = [(s, c) for s, c in codes.items() if c != 0]
     worst = errors.worst([c for _, c in bad])
     failed_step = next((s for s, c in bad if c == worst), None)
@@ -128,7 +128,9 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
         return "kept", 0
     cmd = [sys.executable, "-m", "gpuflow.execute", str(job.notebook), str(job.output),
            "-y", json.dumps(params), "--kernel", cfg.kernel, "--cwd", str(job.notebook.parent),
-           "--log", str(job.dir / "papermill.log"), "--record-dir", str(job.dir), *_guard_flags(cfg)]
+           "--log", str(job.dir / "papermill.log"), "--record-dir", str(job.dir),
+           # INFO, as the Tekton workflow ran papermill: kernel message dumps drown parallel logs
+           "--no-progress-bar", "--log-level", "INFO", *_guard_flags(cfg)]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
     if cfg.cell_timeout is not None:
@@ -224,20 +226,9 @@ def _test(flow: Flow, job: NotebookJob, cache: StepCache) -> tuple[str, int]:
     return in_process(job.dir, "test", test, cache=cache, inputs=inputs, outputs=outputs)
 
 
-def _summary(flow: Flow, job: NotebookJob) -> tuple[str, int]:
-    from gpuflow.summary import write_summary
-
-    def summary() -> dict[str, Any]:
-        write_summary(job.dir, title=f"{job.stem} ({flow.config.profile})")
-        return {}
-
-    status, code = in_process(job.dir, "summary", summary, write=False)
-    return status, code
-
-
 def in_process(
     directory: Path, step: str, fn: Callable[[], dict[str, Any]], *, cache: StepCache | None = None,
-    inputs: str | None = None, outputs: list[Path] | None = None, write: bool = True,
+    inputs: str | None = None, outputs: list[Path] | None = None,
 ) -> tuple[str, int]:
     """Run a step function here, map what it raises to an exit code, record it."""
     if cache is not None and inputs is not None and cache.fresh(step, inputs, outputs or []):
@@ -258,10 +249,9 @@ def in_process(
         log.error(traceback.format_exc())
     if error:
         log.error(f"{directory.name}: {error}")
-    if write:
-        if inputs is not None:
-            details = {**details, "inputs_sha256": inputs, "outputs": [str(p) for p in outputs or []]}
-        _record(directory, step, code, time.monotonic() - t0, error, details, started=started)
+    if inputs is not None:
+        details = {**details, "inputs_sha256": inputs, "outputs": [str(p) for p in outputs or []]}
+    _record(directory, step, code, time.monotonic() - t0, error, details, started=started)
     return _status(code)
 
 

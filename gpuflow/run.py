@@ -17,34 +17,18 @@ import signal
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuflow import cli, errors, proc
+from gpuflow import cli, errors, proc, runreport
 from gpuflow import config as cfgmod
 from gpuflow.flowsteps import Flow, NotebookJob, NotebookResult, TestBase, in_process, run_notebook
 from gpuflow.fsutil import atomic_write_text, contained
 from gpuflow.log import log
+from gpuflow.runreport import RunResult
 from gpuflow.schedule import Pool, Slot, slots_for
 
 WORK = ".work"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunResult:
-    run_dir: Path
-    exit_code: int
-    notebooks: list[NotebookResult]
-    makespan_s: float
-    slots: dict[str, dict[str, Any]]
-    index_html: Path | None
-    stopped: errors.Stopped | None = None
-    error: str | None = None  # a run-level step that failed before any notebook ran
-
-    def __str__(self) -> str:
-        bad = [n for n in self.notebooks if n.exit_code != 0]
-        return f"{len(self.notebooks) - len(bad)} of {len(self.notebooks)} notebooks passed"
 
 
 def run_flow(
@@ -89,14 +73,14 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         t0 = time.monotonic()
         pool.start(jobs)
         try:
-            while pool.alive():
-                pool.join(0.2)
+            while not pool.wait(0.2):
+                pass
         except (errors.Stopped, KeyboardInterrupt) as exc:
             stopped = exc if isinstance(exc, errors.Stopped) else errors.Interrupted("interrupted", signum=2)
             log.warning(f"{stopped}: stopping the kernels, then writing the summaries")
             flow.stop.set()
             proc.signal_all(signal.SIGINT if isinstance(stopped, errors.Interrupted) else signal.SIGTERM)
-            pool.join(timeout=60)
+            pool.wait(timeout=60)
         results = [pool.results[i] for i in sorted(pool.results)]
         not_run = [job.name for i, job in enumerate(jobs) if i not in pool.results]
         if not_run:
@@ -104,14 +88,16 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     except errors.GpuflowError as exc:
         codes.append(exc.exit_code)
         error = cli.fail_line("gpuflow.run", exc)
+    except errors.Stopped as exc:  # stopped before any notebook started
+        stopped = exc
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
     makespan = round(time.monotonic() - t0, 3)
     codes += [r.exit_code for r in results] + ([stopped.exit_code] if stopped else [])
-    slot_report = _slot_report(slots, pool, makespan, results, run_dir)
+    slot_report = runreport.slot_report(slots, pool, makespan, results, run_dir)
     result = RunResult(run_dir=run_dir, exit_code=errors.worst(codes), notebooks=results,
                        makespan_s=makespan, slots=slot_report, index_html=None, stopped=stopped, error=error)
-    return _write_run_summary(result, cfg)
+    return runreport.write_run_summary(result, cfg)
 
 
 def _run_level(run_dir: Path, step: str, fn: Any) -> Any:
@@ -211,66 +197,6 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
     return jobs
 
 
-def _slot_report(slots: list[Slot], pool: Any, makespan: float, results: list[NotebookResult],
-                 run_dir: Path) -> dict[str, dict[str, Any]]:
-    report: dict[str, dict[str, Any]] = {}
-    for slot in slots:
-        busy = pool.busy_s.get(slot.name, 0.0) if pool is not None else 0.0
-        mine = [r for r in results if r.slot == slot.name]
-        report[slot.name] = {
-            "gpu": slot.gpu, "notebooks": [r.name for r in mine], "busy_s": round(busy, 3),
-            "busy_fraction": round(busy / makespan, 3) if makespan > 0 else 0.0,
-            "gpu_utilisation_mean": _telemetry_mean([run_dir / r.name / "telemetry.json" for r in mine]),
-        }
-    return report
-
-
-def _telemetry_mean(paths: list[Path]) -> float | None:
-    values: list[float] = []
-    for path in paths:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        mean = data.get("gpu_utilisation_mean", data.get("utilization_gpu_mean")) if isinstance(data, dict) else None
-        if isinstance(mean, (int, float)):
-            values.append(float(mean))
-    return round(sum(values) / len(values), 1) if values else None
-
-
-def _write_run_summary(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
-    run_dir = result.run_dir
-    data = {
-        "run_id": run_dir.name, "exit_code": result.exit_code, "profile": cfg.profile,
-        "makespan_s": result.makespan_s, "slots": result.slots,
-        "notebooks": [{**n.__dict__} for n in result.notebooks],
-        "stopped": str(result.stopped) if result.stopped else None,
-    }
-    atomic_write_text(run_dir / "run.json", json.dumps(data, indent=2, default=str))
-    index: Path | None = None
-    try:
-        from gpuflow.summary import write_run_summary
-
-        write_run_summary(run_dir)
-        index = run_dir / "index.html" if (run_dir / "index.html").is_file() else None
-    except ImportError:
-        log.warning("gpuflow.summary is not available: no run-level index.html")
-    except errors.GpuflowError as exc:
-        log.error(cli.fail_line("gpuflow.summary", exc))
-    return RunResult(**{**result.__dict__, "index_html": index})
-
-
-def status_table(result: RunResult) -> str:
-    steps = ("execute", "convert", "stage", "test", "summary")
-    rows = [["notebook", *steps, "exit", "time"]]
-    for n in result.notebooks:
-        rows.append([n.name, *(n.steps.get(s, "-") for s in steps), str(n.exit_code), f"{n.duration_s:.1f}s"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"{result}; makespan {result.makespan_s:.1f}s; exit {result.exit_code}")
-    return "\n".join(lines)
-
-
 def new_run_dir(out: Path) -> Path:
     """OUT/<UTC timestamp>-<random>: two runs started in the same second never collide."""
     for _ in range(10):
@@ -339,7 +265,7 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     log.info(f"run directory: {run_dir}")
     result = run_flow(resolved, run_dir=run_dir, resume=args.resume is not None,
                       reconfigure=lambda repo: _resolve(args, env, repo))
-    print(status_table(result))
+    print(runreport.status_table(result))
     print(f"index.html: {result.index_html or '(none)'}")
     if result.stopped is not None:
         raise result.stopped

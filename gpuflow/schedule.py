@@ -51,26 +51,37 @@ class Pool(Generic[T, R]):
     stop: threading.Event = field(default_factory=threading.Event)
     results: dict[int, R] = field(default_factory=dict)
     busy_s: dict[str, float] = field(default_factory=dict)
-    _threads: list[threading.Thread] = field(default_factory=list)
+    finished: threading.Event = field(default_factory=threading.Event)
+    _running: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
     _queue: queue.Queue[tuple[int, T]] = field(default_factory=queue.Queue)
 
     def start(self, items: Sequence[T]) -> None:
         for pair in enumerate(items):
             self._queue.put(pair)
+        self._running = len(self.slots)
+        if not self.slots:
+            self.finished.set()
         for slot in self.slots:
-            thread = threading.Thread(target=self._loop, args=(slot,), name=slot.name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=self._loop, args=(slot,), name=slot.name, daemon=True).start()
 
-    def alive(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
-
-    def join(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every slot is done. An Event, not Thread.join: a signal
+        that interrupts Thread.join can leave the thread marked as finished
+        while it still runs (CPython bpo-21822), and the run must go on
+        waiting for the kernels it has just told to stop."""
+        return self.finished.wait(timeout)
 
     def _loop(self, slot: Slot) -> None:
+        try:
+            self._take(slot)
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    self.finished.set()
+
+    def _take(self, slot: Slot) -> None:
         while not self.stop.is_set():
             try:
                 index, item = self._queue.get_nowait()

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +33,7 @@ def run_json(run_dir: Path) -> dict:
 
 
 def only_run(out: Path) -> Path:
-    runs = [p for p in out.iterdir() if p.is_dir()]
+    runs = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(runs) == 1, runs
     return runs[0]
 
@@ -69,6 +73,9 @@ def test_many_notebooks_one_fails_others_finish(tmp_path: Path, test_repo: Path)
     assert set(data["slots"]) == {"cpu0", "cpu1"}
     assert all(s["notebooks"] for s in data["slots"].values())
     assert data["makespan_s"] > 0 and (run_dir / "index.html").is_file()
+    run_summary = json.loads((run_dir / "summary.json").read_text())
+    assert run_summary["exit_code"] == 1 and run_summary["run"]["makespan_s"] == data["makespan_s"]
+    assert "Makespan" in (run_dir / "STEP_SUMMARY.md").read_text()
 
 
 def test_resume_after_a_crash_keeps_the_executed_notebook(tmp_path: Path, test_repo: Path) -> None:
@@ -119,3 +126,112 @@ def test_bad_notebook_path_exits_2_with_a_run_summary(tmp_path: Path, test_repo:
     assert main([*base_args(tmp_path / "nbs", test_repo, out), "--notebooks", "missing.ipynb"]) == 2
     assert "missing.ipynb" in capsys.readouterr().err
     assert run_json(only_run(out))["exit_code"] == 2
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_the_kernel_writes_summaries_and_exits(tmp_path: Path, test_repo: Path,
+                                                              signum: int, code: int) -> None:
+    repo = tmp_path / "nbs"
+    notebook(repo / "slow.ipynb", "import time; print('started', flush=True); time.sleep(300)")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-m", "gpuflow", "run", *base_args(repo, test_repo, out),
+                              "--notebooks", "slow.ipynb"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    assert child.stdout is not None
+    for line in child.stdout:  # wait until the cell is running in the kernel
+        if "started" in line:
+            break
+    child.send_signal(signum)
+    rest, _ = child.communicate(timeout=120)
+    assert child.returncode == code, rest
+    run_dir = only_run(out)
+    data = run_json(run_dir)
+    assert data["exit_code"] == code and data["stopped"]
+    assert data["notebooks"][0]["steps"]["execute"] == "failed"
+    assert (run_dir / "slow" / "slow_output.ipynb").is_file()  # the partial notebook was saved
+    assert (run_dir / "slow" / "summary.json").is_file() and (run_dir / "index.html").is_file()
+    assert "index.html" in rest
+
+
+@pytest.mark.slow
+def test_embedded_default_runs_the_bundled_notebook_and_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuflow import config
+
+    if not (config.PROJECT_ROOT / config.BUNDLED_NOTEBOOK).is_file() or not config.BUNDLED_TESTS.is_dir():
+        pytest.skip("the bundled notebook or test suite is not merged yet")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert main([]) == 0
+    run_dir = only_run(tmp_path / "gpuflow-out")
+    printed = capsys.readouterr().out
+    assert "scrna_preprocessing" in printed and f"index.html: {run_dir / 'index.html'}" in printed
+    nb_dir = run_dir / "scrna_preprocessing"
+    for name in ("scrna_preprocessing_output.ipynb", "scrna_preprocessing_output.html", "papermill.log",
+                 "jupyter_nbconvert.log", "coverage.xml", "pytest_results.xml", "pytest_report.html",
+                 "pytest_output.log", "STEP_SUMMARY.md", "summary.json", "index.html"):
+        assert (nb_dir / name).is_file(), name
+    assert json.loads((nb_dir / "summary.json").read_text())["tests"]["passed"] > 0
+
+
+def test_fail_fast_starts_no_further_notebook(tmp_path: Path, test_repo: Path) -> None:
+    repo = tmp_path / "nbs"
+    notebook(repo / "a.ipynb", "raise RuntimeError('first')")
+    notebook(repo / "b.ipynb", OK)
+    out = tmp_path / "out"
+    assert main([*base_args(repo, test_repo, out), "--notebooks", "a.ipynb", "b.ipynb", "--fail-fast",
+                 "--skip-tests-on-failure"]) == 1
+    data = run_json(only_run(out))
+    assert [n["name"] for n in data["notebooks"]] == ["a"]
+    assert data["notebooks"][0]["steps"]["test"] == "skipped"
+
+
+def test_gpus_pin_one_kernel_per_device(tmp_path: Path, test_repo: Path) -> None:
+    # pinning is only an environment variable: it can be checked without a GPU
+    repo = tmp_path / "nbs"
+    show = "import os; print('RESULT=', 'CVD=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"
+    for name in ("x", "y", "z"):
+        notebook(repo / f"{name}.ipynb", show)
+    out = tmp_path / "out"
+    assert main([*base_args(repo, test_repo, out), "--notebooks", "*.ipynb", "--gpus", "0,1"]) == 0
+    run_dir = only_run(out)
+    data = run_json(run_dir)
+    assert set(data["slots"]) == {"gpu0", "gpu1"}
+    for nb in data["notebooks"]:
+        device = data["slots"][nb["slot"]]["gpu"]
+        assert f"CVD={device}" in (run_dir / nb["name"] / f"{nb['name']}_output.ipynb").read_text()
+
+
+def test_git_repo_with_its_own_config_and_a_dataset(tmp_path: Path, test_repo: Path) -> None:
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    from tests.conftest import make_git_repo
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "cells.txt").write_text("42\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cells.txt"
+        digest = hashlib.sha256(b"42\n").hexdigest()
+        origin = tmp_path / "origin"
+        notebook(origin / "nb.ipynb", "print('RESULT=', open('data/cells.txt').read().strip())")
+        make_git_repo(origin, {"pyproject.toml": (
+            '[tool.gpuflow]\nnotebooks = ["nb.ipynb"]\nmarker = "single_cell"\n'
+            f'[[tool.gpuflow.datasets]]\nurl = "{url}"\ndest = "data/cells.txt"\nsha256 = "{digest}"\n')})
+        out = tmp_path / "out"
+        assert main(["--repo", origin.as_uri(), "--test-repo", str(test_repo), "--out", str(out),
+                     "--gpu", "off"]) == 0
+    finally:
+        server.shutdown()
+    run_dir = only_run(out)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["sources"]["notebooks"].endswith("pyproject.toml")
+    assert "RESULT= 42" in (run_dir / "nb" / "nb_output.html").read_text()
+    assert json.loads((run_dir / "steps" / "datasets.json").read_text())["status"] == "success"
