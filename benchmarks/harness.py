@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -107,35 +108,40 @@ def module_missing(name: str) -> bool:
         return True
 
 
-def timed(side: Side, log_dir: Path) -> float:
-    """Run the side once; return wall seconds of the command alone."""
+def timed(side: Side, log_dir: Path) -> tuple[float, float]:
+    """Run the side once; return (wall seconds, CPU seconds) of the command
+    alone. CPU time (user + sys of the child and the descendants it waited
+    for, kernels included) barely moves when other work shares the machine."""
     if side.prepare is not None:
         side.prepare()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{_slug(side.name)}.log"
     with open(log_path, "wb") as log:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         rc = subprocess.call(list(side.cmd), cwd=side.cwd, env=dict(side.env or child_env()),
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         elapsed = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         raise BenchFailure(f"{side.name} exited {rc}: {tail[0][:160]} (log: {log_path})")
-    return elapsed
+    return elapsed, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def alternate(a: Side, b: Side | None, *, runs: int, warmup: int, log_dir: Path
-              ) -> tuple[list[float], list[float]]:
+              ) -> dict[str, list[tuple[float, float]]]:
     """A B A B ...: drift on a shared machine hits both sides alike.
-    Warm-up runs (page cache, .pyc files, kernel spec lookups) are discarded."""
+    Warm-up runs (page cache, .pyc files, kernel spec lookups) are discarded.
+    Returns (wall, cpu) samples per side name."""
     sides = [s for s in (a, b) if s is not None]
-    samples: dict[str, list[float]] = {s.name: [] for s in sides}
+    samples: dict[str, list[tuple[float, float]]] = {s.name: [] for s in sides}
     for i in range(warmup + runs):
         for side in sides:
-            elapsed = timed(side, log_dir)
+            sample = timed(side, log_dir)
             if i >= warmup:
-                samples[side.name].append(elapsed)
-    return samples[a.name], samples[b.name] if b is not None else []
+                samples[side.name].append(sample)
+    return samples
 
 
 def compare(row: str, case: str, a: Side, b: Side | None, *, cfg: Config, runs: int,
@@ -146,14 +152,22 @@ def compare(row: str, case: str, a: Side, b: Side | None, *, cfg: Config, runs: 
     line = Line(row=row, case=case, target=target, note=note,
                 commands={"gpuflow": a.shell(), **({"baseline": b.shell()} if b else {})})
     try:
-        sa, sb = alternate(a, b, runs=runs, warmup=warmup, log_dir=cfg.logs / f"row{row}")
+        samples = alternate(a, b, runs=runs, warmup=warmup, log_dir=cfg.logs / f"row{row}")
     except BenchFailure as exc:
         line.note = _join(line.note, f"failed: {exc}")
         return line
-    line.gpuflow = statistics.median(sa)
-    line.baseline = statistics.median(sb) if sb else None
-    line.runs = len(sa)
-    line.samples = {"gpuflow": sa, **({"baseline": sb} if sb else {})}
+    wall = {k: [w for w, _ in v] for k, v in samples.items()}
+    cpu = {k: [c for _, c in v] for k, v in samples.items()}
+    line.gpuflow = statistics.median(wall[a.name])
+    line.runs = len(wall[a.name])
+    line.samples = {"gpuflow": wall[a.name], "gpuflow_cpu": cpu[a.name]}
+    cpu_note = f"CPU {statistics.median(cpu[a.name]):.2f} s"
+    if b is not None:
+        line.baseline = statistics.median(wall[b.name])
+        line.samples.update(baseline=wall[b.name], baseline_cpu=cpu[b.name])
+        cpu_b = statistics.median(cpu[b.name])
+        cpu_note += f" vs {cpu_b:.2f} s" + (f" (CPU ratio {statistics.median(cpu[a.name]) / cpu_b:.2f})" if cpu_b else "")
+    line.note = _join(line.note, cpu_note)
     if limit is not None:
         value = line.ratio if b is not None else line.gpuflow
         line.met = value is not None and value <= limit
@@ -170,7 +184,7 @@ def missing_line(row: str, case: str, module: str, target: str, baseline: Side |
                     commands={"baseline": baseline.shell()} if baseline else {})
     line = compare(row, case, baseline, None, cfg=cfg, runs=runs, warmup=warmup, target=target)
     line.baseline, line.gpuflow = line.gpuflow, None
-    line.samples = {"baseline": line.samples.get("gpuflow", [])}
+    line.samples = {k.replace("gpuflow", "baseline"): v for k, v in line.samples.items()}
     line.commands = {"baseline": line.commands.get("gpuflow", "")}
     line.note = _join(note, line.note)
     return line

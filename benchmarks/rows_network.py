@@ -86,7 +86,7 @@ def _resume(cfg: Config, server: RangeServer, gpuflow: Side, size: int) -> Line:
     server.reset()
     server.cut_at = 0.5
     try:
-        elapsed = timed(gpuflow, cfg.logs / "row6-resume")
+        elapsed, _ = timed(gpuflow, cfg.logs / "row6-resume")
     except BenchFailure as exc:
         line.note = f"failed: {exc}"
         return line

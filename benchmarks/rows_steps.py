@@ -93,7 +93,7 @@ def convert_pair(cfg: Config, nb: Path, tag: str) -> tuple[Side, Side]:
 def row2_execute(cfg: Config) -> list[Line]:
     nb = notebooks.trivial(cfg.out / "notebooks" / "trivial-20.ipynb", 20)
     gpuflow, papermill = execute_pair(cfg, nb, "row2")
-    runs, warmup = _runs(cfg, 5)
+    runs, warmup = _runs(cfg, 10)
     return [measure("2", "20 trivial cells", "gpuflow.execute", gpuflow, papermill, cfg=cfg, runs=runs,
                     warmup=warmup, target="<= 1.05", limit=1.05)]
 
