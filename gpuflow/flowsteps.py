@@ -136,7 +136,7 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
     if cfg.cell_timeout is not None:
         cmd += ["--cell-timeout", str(cfg.cell_timeout)]
     env = {**os.environ, **slot.env()}
-    (job.dir / record.RECORD_DIR / "execute.json").unlink(missing_ok=True)
+    cache.intend("execute", inputs)
     for attempt in range(1, KERNEL_START_TRIES + 1):
         t0, started = time.monotonic(), _now()
         done = proc.run(cmd, env=env, check=False, on_line=lambda line: log.raw(f"[{job.name}] {line}"))

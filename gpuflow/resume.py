@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow import record
-from gpuflow.fsutil import sha256_file
+from gpuflow.fsutil import atomic_write_text, sha256_file
 
 INPUTS_KEY = "inputs_sha256"
 OUTPUTS_KEY = "outputs"
@@ -48,11 +48,23 @@ class StepCache:
         if not self.enabled:
             return False
         rec = read_record(self.artifact_dir, step)
+        recorded = rec.details.get(INPUTS_KEY) if rec is not None else None
+        if recorded is None and rec is not None:
+            recorded = self._intent(step).read_text(encoding="utf-8") if self._intent(step).is_file() else None
         return (
             rec is not None and rec.exit_code == 0 and rec.status == "success"
-            and rec.details.get(INPUTS_KEY) == inputs
-            and all(p.exists() for p in outputs)
+            and recorded == inputs and all(p.exists() for p in outputs)
         )
+
+    def intend(self, step: str, inputs: str) -> None:
+        """Note the inputs before a step CLI runs, and drop its old record: a
+        run that dies after the CLI recorded success but before `stamp` still
+        knows which inputs that success was for."""
+        (self.artifact_dir / record.RECORD_DIR / f"{step}.json").unlink(missing_ok=True)
+        atomic_write_text(self._intent(step), inputs)
+
+    def _intent(self, step: str) -> Path:
+        return self.artifact_dir / record.RECORD_DIR / f"{step}.inputs"
 
     def stamp(self, step: str, inputs: str, outputs: list[Path]) -> None:
         """Add the inputs digest and outputs to a record a step CLI wrote."""

@@ -183,7 +183,9 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
         else:
             matches = [contained(repo_dir, pattern)]
             if not matches[0].is_file():
-                raise errors.InputError(f"notebook {pattern!r} not found in {repo_dir}")
+                hint = ("; the bundled example ships with a source checkout only: pass --repo and --notebooks"
+                        if repo_dir == cfgmod.PROJECT_ROOT else "")
+                raise errors.InputError(f"notebook {pattern!r} not found in {repo_dir}{hint}")
         for path in matches:
             found.setdefault(path, path.relative_to(repo_dir).as_posix())
     jobs, names = [], set()

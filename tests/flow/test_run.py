@@ -235,3 +235,25 @@ def test_git_repo_with_its_own_config_and_a_dataset(tmp_path: Path, test_repo: P
     assert saved["sources"]["notebooks"].endswith("pyproject.toml")
     assert "RESULT= 42" in (run_dir / "nb" / "nb_output.html").read_text()
     assert json.loads((run_dir / "steps" / "datasets.json").read_text())["status"] == "success"
+
+
+def test_resume_after_sigkill_right_after_execute(tmp_path: Path, test_repo: Path) -> None:
+    import time
+
+    repo = tmp_path / "nbs"
+    notebook(repo / "nb.ipynb", OK)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-m", "gpuflow", "run", *base_args(repo, test_repo, out),
+                              "--notebooks", "nb.ipynb"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*/nb/steps/execute.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(child.pid, signal.SIGKILL)  # the whole run dies, as in a lost node
+    child.wait()
+    run_dir = only_run(out)
+    executed = json.loads((run_dir / "nb" / "steps" / "execute.json").read_text())
+    assert main(["--resume", str(run_dir)]) == 0
+    assert json.loads((run_dir / "nb" / "steps" / "execute.json").read_text())["started_at"] == executed["started_at"]
+    assert run_json(run_dir)["notebooks"][0]["steps"]["execute"] == "kept"

@@ -29,7 +29,7 @@ def test_html_parses(page: htmlcheck.Page, html_text: str) -> None:
 def test_marker_lines_present(page: htmlcheck.Page) -> None:
     lines = page.marker_lines()
     assert lines, f"no '{htmlcheck.MARKER_PREFIX}' lines: did the notebook's cells run?"
-    assert any(re.fullmatch(r"gpuflow-scrna: filtered \d+ cells x \d+ genes", ln) for ln in lines), lines
+    assert any(re.fullmatch(r"gpuflow-scrna: filtered [\d,]+ cells x [\d,]+ genes", ln) for ln in lines), lines
     assert lines[-1] == "gpuflow-scrna: done", f"the notebook did not reach its end: {lines[-1]!r}"
 
 

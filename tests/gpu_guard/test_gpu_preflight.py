@@ -1,0 +1,108 @@
+"""Runner-side preflight: env parsing, require/auto/off, a fake nvidia-smi."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gpuflow import errors, gpu, guard
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("", False), ("void", False), ("none", False), ("-1", False), ("NoDevFiles", False), ("-1,0", False),
+    ("0", True), ("0,1", True), ("all", True), ("GPU-1234", True),
+])
+def test_env_visibility(value: str, expected: bool) -> None:
+    visible, shown = gpu.env_visibility("CUDA_VISIBLE_DEVICES", {"CUDA_VISIBLE_DEVICES": value})
+    assert visible is expected
+    assert shown == f"CUDA_VISIBLE_DEVICES={value!r}"
+
+
+def test_env_unset_has_no_opinion() -> None:
+    assert gpu.env_visibility("NVIDIA_VISIBLE_DEVICES", {}) == (None, "NVIDIA_VISIBLE_DEVICES unset")
+
+
+def _env(bin_dir: Path | None, **extra: str) -> dict[str, str]:
+    path = os.pathsep.join(p for p in [str(bin_dir) if bin_dir else "", "/usr/bin", "/bin"] if p)
+    return {"PATH": path, **extra}
+
+
+def test_fake_smi_makes_a_visible_gpu(fake_smi: Path) -> None:
+    facts = gpu.detect(_env(fake_smi))
+    assert facts["visible"] is True
+    assert facts["devices"] == [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559,
+                                 "driver": "580.65.06"}]
+    assert facts["driver"] == "580.65.06" and facts["cuda_version"] == "13.0"
+
+
+@pytest.mark.parametrize("var, value", [("CUDA_VISIBLE_DEVICES", ""), ("NVIDIA_VISIBLE_DEVICES", "void"),
+                                        ("CUDA_VISIBLE_DEVICES", "-1")])
+def test_env_hides_the_gpu_smi_still_lists(fake_smi: Path, var: str, value: str) -> None:
+    # nvidia-smi ignores CUDA_VISIBLE_DEVICES: the variable decides
+    facts = gpu.detect(_env(fake_smi, **{var: value}))
+    assert facts["visible"] is False
+    assert f"{var}={value!r}" in gpu.missing_line(facts)
+
+
+def test_require_raises_one_line_naming_the_checks(tmp_path: Path) -> None:
+    with pytest.raises(errors.NoGPUError) as info:
+        gpu.preflight("require", _env(None, CUDA_VISIBLE_DEVICES=""))
+    message = str(info.value)
+    assert info.value.exit_code == 4 and "\n" not in message
+    assert message.startswith("no CUDA device visible: CUDA_VISIBLE_DEVICES=''")
+    assert "nvidia-smi: not found" in message
+    assert "cupy: not importable" in message
+
+
+def test_auto_warns_and_returns_facts(capsys: pytest.CaptureFixture[str]) -> None:
+    facts = gpu.preflight("auto", _env(None))
+    assert facts["visible"] is False and facts["gpu_policy"] == "auto"
+    assert "running on the CPU" in capsys.readouterr().err
+
+
+def test_off_checks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu, "detect", lambda *a, **k: pytest.fail("--gpu off must not probe"))
+    assert gpu.preflight("off")["visible"] is None
+
+
+def test_guard_preflight_uses_the_process_env(monkeypatch: pytest.MonkeyPatch, fake_smi: Path) -> None:
+    monkeypatch.setenv("PATH", f"{fake_smi}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert guard.preflight(guard.GuardOptions(gpu="require"))["visible"] is True
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(errors.NoGPUError):
+        guard.preflight(guard.GuardOptions(gpu="require"))
+
+
+def test_broken_smi_is_a_fact_not_a_crash(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    facts = gpu.detect(_env(bin_dir))
+    assert facts["visible"] is False
+    assert any(c.startswith("nvidia-smi: failed") for c in facts["checks"])
+
+
+def test_pool_size_flag_is_checked_at_parse_time() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser()
+    guard.add_arguments(p)
+    opts = guard.options_from_args(p.parse_args(["--rmm", "managed", "--rmm-pool-size", "80%", "--lite"]))
+    assert (opts.rmm, opts.rmm_pool_size, opts.lite) == ("managed", "80%", True)
+    with pytest.raises(errors.ConfigError, match="--rmm-pool-size"):
+        guard.options_from_args(p.parse_args(["--rmm-pool-size", "lots"]))
+
+
+def test_importing_the_guard_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, gpuflow.guard, gpuflow.gpu, gpuflow.lite, gpuflow.telemetry, gpuflow.doctor;"
+            "heavy = {'cupy', 'rmm', 'papermill', 'nbconvert', 'nbclient', 'jupyter_client', 'pynvml',"
+            " 'anndata', 'scanpy', 'numpy'} & set(sys.modules); print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert out.stdout.strip() == "[]"
