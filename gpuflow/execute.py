@@ -96,7 +96,8 @@ def execute_notebook(
         runner.write_notebook(nb, output_path)
         return replace(base, duration_s=round(time.monotonic() - t0, 3))
     kernel_env = _kernel.kernel_env(env, pass_env)
-    with run_logger(log_path, log_level, progress_bar) as (logger, bar):
+    # the step folds the long kernel log on GitHub Actions; bad input never gets here
+    with log.step(f"execute {input_path.name}"), run_logger(log_path, log_level, progress_bar) as (logger, bar):
         logger.info(f"Input Notebook:  {input_path}\nOutput Notebook: {output_path}")
         logger.info(f"Preparation: {report.summary()}")
         hidden = _kernel.withheld(env, pass_env)
@@ -120,9 +121,9 @@ def execute_notebook(
                 _add_banner(nb, stop)
         finally:
             runner.write_notebook(nb, output_path)
-    result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
-    if stop is not None:
-        _raise_for(stop, nb, origin, result)
+        result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
+        if stop is not None:
+            _raise_for(stop, nb, origin, result)  # inside the step, so that it reads "failed"
     return result
 
 

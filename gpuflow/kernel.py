@@ -35,11 +35,17 @@ def withheld(base: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()
 
 
 def new_manager(kernel_name: str) -> Any:
+    import zmq
     from jupyter_client.manager import AsyncKernelManager
 
     # gpuflow owns this manager (nbclient then leaves the kernel to us), so it can
     # read the kernel's exit status and kill its process group for sure
-    return AsyncKernelManager(kernel_name=kernel_name)
+    km = AsyncKernelManager(kernel_name=kernel_name)
+    if km.has_trait("transport_encryption") and zmq.has("curve"):
+        # CurveZMQ where jupyter_client and the kernelspec support it: on a
+        # shared runner, other users cannot read a notebook's traffic on its ports
+        km.transport_encryption = "auto"
+    return km
 
 
 def pid_and_group(km: Any) -> tuple[int | None, int | None]:

@@ -148,11 +148,14 @@ def _death_stop(state: State) -> Stop:
 
 
 def _signal_stop(state: State) -> Stop:
-    signum = state.stopped_by or signal.SIGTERM
-    exc = errors.Interrupted if signum == signal.SIGINT else errors.Terminated
-    verb = "interrupted" if signum == signal.SIGINT else "terminated"
-    what = f"{verb} by {signal.Signals(signum).name}"
-    return Stop(exc, what + " in {where}", state.current, f"{what}; the kernel was shut down")
+    exc = _stopped(state.stopped_by or signal.SIGTERM)
+    return Stop(type(exc), f"{exc} in {{where}}", state.current, f"{exc}; the kernel was shut down")
+
+
+def _stopped(signum: int) -> errors.Stopped:
+    if signum == signal.SIGINT:
+        return errors.Interrupted("interrupted by SIGINT", signum=signum)
+    return errors.Terminated(f"terminated by {signal.Signals(signum).name}", signum=signum)
 
 
 @contextmanager
@@ -168,9 +171,7 @@ def _signals_kill(state: State) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
         state.stopped_by = signum
         if not _kernel.kill_now(state.km):
-            exc = errors.Interrupted if signum == signal.SIGINT else errors.Terminated
-            verb = "interrupted" if signum == signal.SIGINT else "terminated"
-            raise exc(f"{verb} by {signal.Signals(signum).name}", signum=signum)
+            raise _stopped(signum)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -178,6 +179,7 @@ def _signals_kill(state: State) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
 
 def write_notebook(nb: Any, path: Path) -> None:
     import nbformat

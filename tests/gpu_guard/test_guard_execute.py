@@ -1,0 +1,63 @@
+"""The guard wired through gpuflow.execute: the injected cell is tagged and
+hidden, its record lands in the output notebook's metadata, lite mode works
+in a real kernel, and the blueprint notebook prepares with the guard first."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gpuflow import errors, guard
+from gpuflow.execute import execute_notebook, main as execute_main
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources],
+                                  metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    nbformat.write(nb, path)
+    return path
+
+
+def test_execute_with_lite_records_the_guard(tmp_path: Path, small_h5ad: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    src = _notebook(tmp_path / "in.ipynb", f"import anndata\nprint(anndata.read_h5ad({str(small_h5ad)!r}).shape)")
+    out = tmp_path / "out" / "out.ipynb"
+    execute_notebook(src, out, progress_bar=False,
+                     guard=guard.GuardOptions(lite=True, max_cells=100, max_genes=50, rmm="pool"))
+    nb = nbformat.read(out, as_version=4)
+    first = nb.cells[0]
+    assert first.metadata["tags"] == [guard.GUARD_TAG] and first.metadata["jupyter"]["source_hidden"]
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "gpuflow-guard: no GPU visible (CUDA_VISIBLE_DEVICES=''" in text and "(100, 50)" in text
+    meta = nb.metadata["gpuflow"]["guard"]
+    assert meta["policy"] == "pool" and meta["fallback"] == "no CUDA device visible" and meta["events"] == []
+    assert not (out.parent / "telemetry.json").exists()  # no GPU: telemetry is simply absent
+
+
+def test_execute_require_exits_4_before_any_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    src = _notebook(tmp_path / "in.ipynb", "print(1)")
+    out = tmp_path / "out.ipynb"
+    assert execute_main([str(src), str(out), "--gpu", "require"]) == errors.NoGPUError.exit_code
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "gpuflow.execute: no CUDA device visible: CUDA_VISIBLE_DEVICES=''")
+
+
+def test_blueprint_prepares_with_the_guard_first(corpus: Path, tmp_path: Path) -> None:
+    src = corpus / "01_scRNA_analysis_preprocessing.ipynb"
+    if not src.is_file():
+        pytest.skip("blueprint notebook 01 is not in the corpus")
+    out = tmp_path / "01_prepared.ipynb"
+    assert execute_main([str(src), str(out), "--prepare-only", "--rmm", "pool", "--lite"]) == 0
+    nb = nbformat.read(out, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].metadata["tags"] == [guard.GUARD_TAG]
+    assert "_gpuflow_guard.run_setup(" in code[0].source and "'policy': 'pool'" in code[0].source
+    # the blueprint's own RMM cells stay as written and run after the guard, which wraps them
+    assert any("rmm.reinitialize" in c.source for c in code[1:])
+    live = [line for c in code for line in c.source.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("do_shutdown" in line for line in live)  # the shutdown cell is stripped

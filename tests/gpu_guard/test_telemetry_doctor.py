@@ -1,0 +1,96 @@
+"""Telemetry's absent path and its sampler against a fake NVML; doctor's
+table, JSON and exit codes through main()."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from gpuflow import doctor, guard, telemetry
+
+
+def test_no_nvml_no_file_no_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    out = tmp_path / "telemetry.json"
+    with guard.telemetry(guard.GuardOptions(), out):
+        pass
+    assert not out.exists()
+
+
+def test_disabled_telemetry_samples_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(telemetry, "sample", lambda *a, **k: pytest.fail("must not sample"))
+    with guard.telemetry(guard.GuardOptions(telemetry=False), tmp_path / "t.json"):
+        pass
+
+
+def _fake_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = {"used": 0}
+
+    def memory(handle: object) -> types.SimpleNamespace:
+        state["used"] += 1 << 20
+        return types.SimpleNamespace(used=state["used"], total=80 << 30)
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: f"handle{i}", nvmlDeviceGetName=lambda h: b"Fake H100",
+        nvmlDeviceGetMemoryInfo=memory,
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=50),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+
+def test_sampler_writes_summary_and_cell_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_nvml(monkeypatch)
+    cells = tmp_path / "cells.jsonl"
+    cells.write_text('{"cell": 1, "peak_bytes": 1024, "total_bytes": 2048}\nnot json\n')
+    out = tmp_path / "telemetry.json"
+    with telemetry.sample(out, cell_stats=cells, interval=0.01) as on:
+        assert on
+        time.sleep(0.1)
+    data = json.loads(out.read_text())
+    assert data["gpu"] == "Fake H100" and data["memory_total"] == 80 << 30
+    assert len(data["samples"]) >= 3 and data["mean_utilization_pct"] == 50
+    assert data["peak_memory_bytes"] == max(s["memory_used"] for s in data["samples"])
+    assert data["cells"] == [{"cell": 1, "peak_bytes": 1024, "total_bytes": 2048}]
+
+
+def test_doctor_table_and_exit_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert doctor.main(["--workspace", str(tmp_path), "--record-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("python", "papermill", "nbconvert", "ipykernel", "kernelspecs", "HOME", "workspace",
+                 "/dev/shm", "ulimit memlock", "ulimit stack", "gpu"):
+        assert f" {name} " in out
+    assert json.loads((tmp_path / "steps" / "doctor.json").read_text())["exit_code"] == 0
+
+
+def test_doctor_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert doctor.main(["--json", "--workspace", str(tmp_path), "--gpu", "off"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    names = [f["name"] for f in data["facts"]]
+    assert "kernelspecs" in names and "gpu" not in names and data["exit_code"] == 0
+
+
+def test_doctor_unwritable_workspace_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a directory cannot be made under a file, even as root
+    assert doctor.main(["--workspace", str(blocker / "ws"), "--gpu", "off"]) == 2
+    captured = capsys.readouterr()
+    assert "NOT writable" in captured.out and "hint:" in captured.out
+    assert captured.err.strip().splitlines()[-1] == "gpuflow.doctor: required: workspace (see the hints above)"
+
+
+def test_doctor_require_gpu_exits_4(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert doctor.main(["--gpu", "require", "--workspace", str(tmp_path)]) == 4
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("gpuflow.doctor: no CUDA device visible: CUDA_VISIBLE_DEVICES=''")
+
+
+def test_owner_hint(tmp_path: Path) -> None:
+    uid = tmp_path.stat().st_uid
+    assert doctor._owner_hint(tmp_path, uid + 1) == f"running as UID {uid + 1} but {tmp_path} belongs to {uid}"
