@@ -43,7 +43,7 @@ def row4_flow(cfg: Config) -> list[Line]:
     base = cfg.scratch / "row4"
     g_dir, s_dir = base / "gpuflow", base / "shell"
     baseline = Side(name="workflow shell", prepare=lambda: _fresh(s_dir), cwd=ROOT,
-                    cmd=["sh", "-c", WORKFLOW, str(NOTEBOOK), str(SUITE), str(s_dir)])
+                    cmd=["sh", "-c", WORKFLOW, "workflow", str(NOTEBOOK), str(SUITE), str(s_dir)])
     gpuflow = Side(name="gpuflow run", prepare=lambda: _fresh(g_dir), cwd=ROOT,
                    cmd=gpuflow_cmd("run", "--out", g_dir))
     runs, warmup = (1, 0) if cfg.quick else (3, 1)
