@@ -26,6 +26,7 @@ ORDER = ("preflight", "clone", "download", "execute", "convert", "stage", "test"
 TEST_FILES = ("coverage.xml", "pytest_results.xml", "pytest_report.html", "pytest_output.log")
 # step record detail keys that name a file the step wrote
 FILE_KEYS = ("output", "html", "log")
+MIB = 1 << 20
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -95,39 +96,24 @@ def _notebook(records: list[record.StepRecord]) -> dict[str, Any]:
     return facts
 
 
-def _pick(data: dict[str, Any], keys: Sequence[str]) -> Any:
-    return next((data[k] for k in keys if data.get(k) is not None), None)
-
-
 def gpu_facts(path: Path) -> dict[str, Any] | None:
-    """GPU name, peak memory and mean utilisation from telemetry.json, plus
-    the memory series for the chart. Tolerant of key spellings: telemetry is
-    written by another step and may grow."""
+    """GPU name, peak memory and mean utilisation from telemetry.json (the
+    schema `gpuflow.telemetry.summarize` writes), plus the memory series in
+    MiB for the chart. None when there is no (readable) telemetry."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
         return None
-    gpus = data.get("gpus") if isinstance(data.get("gpus"), list) else []
-    first = gpus[0] if gpus and isinstance(gpus[0], dict) else {}
-    gpu = data.get("gpu") if isinstance(data.get("gpu"), dict) else {}
     samples = [s for s in data.get("samples") or [] if isinstance(s, dict)]
-    series = []
-    for i, s in enumerate(samples):
-        mem = _pick(s, ("memory_used_mib", "mem_used_mib", "memory_used_mb", "used_mib", "memory_used"))
-        t = _pick(s, ("t", "elapsed_s", "time_s", "seconds"))
-        if isinstance(mem, (int, float)):
-            series.append((float(t) if isinstance(t, (int, float)) else float(i), float(mem)))
-    utils = [u for s in samples if isinstance(u := _pick(s, ("utilization_pct", "util", "gpu_util",
-                                                             "utilization_gpu", "utilization")), (int, float))]
-    peak = _pick(data, ("peak_memory_mib", "peak_memory_mb", "peak_mib"))
-    mean = _pick(data, ("mean_utilization_pct", "mean_util", "mean_utilization"))
+    series = [(float(s.get("t", i)), float(s["memory_used"]) / MIB)
+              for i, s in enumerate(samples) if isinstance(s.get("memory_used"), (int, float))]
+    peak = data.get("peak_memory_bytes")
     return {
-        "name": _pick(data, ("name", "gpu_name")) or _pick(gpu, ("name",)) or _pick(first, ("name",)),
-        "count": len(gpus) or None,
-        "peak_memory_mib": peak if peak is not None else (max(m for _, m in series) if series else None),
-        "mean_utilization_pct": mean if mean is not None else (round(sum(utils) / len(utils), 1) if utils else None),
+        "name": data.get("gpu") if isinstance(data.get("gpu"), str) else None,
+        "peak_memory_mib": round(peak / MIB, 1) if isinstance(peak, (int, float)) else None,
+        "mean_utilization_pct": data.get("mean_utilization_pct"),
         "samples": len(samples),
         "memory_series": series,
     }

@@ -12,14 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow import convert, record, stage, summary
+from gpuflow import convert, record, stage, summary, telemetry
 from gpuflow import test as testrun
 from tests.report.conftest import EXAMPLE_SUITE, executed_notebook
 
-TELEMETRY = {"gpus": [{"index": 0, "name": "NVIDIA H100 80GB HBM3"}],
-             "samples": [{"t": 0.0, "memory_used_mib": 500, "utilization_pct": 10},
-                         {"t": 5.0, "memory_used_mib": 20480, "utilization_pct": 95},
-                         {"t": 10.0, "memory_used_mib": 8000, "utilization_pct": 45}]}
+MIB = 1 << 20
+# written by the real telemetry code, so the summary reads the schema it writes
+TELEMETRY = telemetry.summarize(
+    [{"t": 0.0, "memory_used": 500 * MIB, "utilization": 10.0},
+     {"t": 5.0, "memory_used": 20480 * MIB, "utilization": 95.0},
+     {"t": 10.0, "memory_used": 8000 * MIB, "utilization": 45.0}],
+    "NVIDIA H100 80GB HBM3", 80 * 1024 * MIB, [], 0.25)
 
 
 @pytest.fixture(scope="module")
