@@ -20,7 +20,20 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+
+
+
+def _script_dir() -> Path:
+    # the baseline CLIs (papermill, jupyter) live beside the interpreter in a
+    # venv; with `pip install --target` (the GPU machine) they are on PATH
+    here = Path(sys.executable).parent
+    if (here / "papermill").exists():
+        return here
+    found = shutil.which("papermill")
+    return Path(found).parent if found else here
+
+
+VENV_BIN = _script_dir()
 
 
 class BenchFailure(Exception):
