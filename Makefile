@@ -29,6 +29,7 @@ chromium:
 	    || echo "chromium not installed: its tests will skip"; }
 
 test: $(VENV)/.test-deps chromium
+	$(PY) -m mypy gpuflow
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-deps

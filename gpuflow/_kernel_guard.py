@@ -238,7 +238,8 @@ def _guard_set_allocator(cupy: Any) -> None:
         if STATE["fallback"] and allocator is not None and allocator is _rmm_allocator():
             say("the notebook's cupy.cuda.set_allocator(rmm_cupy_allocator) was skipped: RMM is not set up")
             return None
-        return set_allocator(allocator)
+        set_allocator(allocator)
+        return None
 
     guarded.__gpuflow_original__ = set_allocator  # type: ignore[attr-defined]
     cupy.cuda.set_allocator = guarded

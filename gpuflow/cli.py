@@ -100,7 +100,7 @@ def run_cli(
         outcome = Outcome(exit_code=errors.exit_code_for(exc), error=fail_line(prog, exc),
                           details=dict(getattr(exc, "details", None) or {}))
         if isinstance(exc, errors.CommandError) and args.debug:
-            print(redact(exc.details()), file=sys.stderr)
+            print(redact(exc.report()), file=sys.stderr)
         if args.debug:
             traceback.print_exc()
     except Exception as exc:  # a bug: say so, with the traceback

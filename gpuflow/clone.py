@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpuflow import backup as backups
 from gpuflow import cli
-from gpuflow.errors import AuthError, CloneError, ConfigError, InputError
+from gpuflow.errors import AuthError, CloneError, ConfigError, InfraError, InputError
 from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import add_secret, log, redact
 from gpuflow.retry import Backoff, with_retries
@@ -291,7 +291,7 @@ def _git(runner: git.Git, *args: str) -> Any:
         raise _classify(exc) from None
 
 
-def _classify(exc: Any) -> CloneError:
+def _classify(exc: Any) -> InfraError:
     stderr = str(getattr(exc, "stderr", "") or "")
     lowered = stderr.lower()
     lines = [line.strip().removeprefix("stderr: '").rstrip("'") for line in stderr.splitlines() if line.strip()]

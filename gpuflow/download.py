@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gpuflow import cache, cli
-from gpuflow.errors import AuthError, ChecksumError, ConfigError, DownloadError, InputError
+from gpuflow.errors import AuthError, ChecksumError, ConfigError, DownloadError, InfraError, InputError
 from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import add_secret, log, redact
 from gpuflow.progress import Progress
@@ -300,7 +300,7 @@ def _range_start(response: Any) -> int | None:
         return None
 
 
-def _http_error(exc: urllib.error.HTTPError, url: str) -> DownloadError:
+def _http_error(exc: urllib.error.HTTPError, url: str) -> InfraError:
     message = f"HTTP {exc.code} {exc.reason} for {redact(url)}"
     if exc.code >= 500 or exc.code in (408, 429):
         return _Transient(message)

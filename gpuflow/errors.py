@@ -5,14 +5,22 @@ one-line messages. Nothing below a CLI's `main` calls `sys.exit`.
 """
 from __future__ import annotations
 
+from typing import Any
+
 SUCCESS = 0
 INTERNAL = 70  # a bug in gpuflow itself (sysexits' EX_SOFTWARE); traceback is logged
 
 
 class GpuflowError(Exception):
-    """Base class: an expected failure with a one-line message."""
+    """Base class: an expected failure with a one-line message.
+
+    `details` lands in the step's record (counts, paths, the failing cell)."""
 
     exit_code: int = 1
+
+    def __init__(self, *args: object, details: dict[str, Any] | None = None) -> None:
+        super().__init__(*args)
+        self.details: dict[str, Any] = dict(details or {})
 
 
 # -- 1: the step's own work failed ------------------------------------------
@@ -161,7 +169,7 @@ class CommandError(GpuflowError):
         self.stdout = stdout
         self.stderr = stderr
 
-    def details(self) -> str:
+    def report(self) -> str:
         def indent(text: str) -> str:
             return "\n".join("    " + line for line in text.rstrip().splitlines()) or "    (none)"
 

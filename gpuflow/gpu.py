@@ -161,7 +161,7 @@ def preflight(policy: str = "auto", env: Mapping[str, str] | None = None) -> dic
         return facts
     if policy == "require":
         err = NoGPUError(missing_line(facts))
-        err.details = {"gpu": facts}  # type: ignore[attr-defined]
+        err.details = {"gpu": facts}
         raise err
     log.warning(f"{missing_line(facts)}; running on the CPU (--gpu require makes this an error)")
     return facts

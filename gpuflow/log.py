@@ -78,7 +78,7 @@ class Logger:
     def _emit(self, level: str, message: str, **fields: object) -> None:
         message = redact(message)
         if self.format == "json":
-            record = {"ts": _now(), "level": level, "source": self.prefix, "msg": message}
+            record: dict[str, object] = {"ts": _now(), "level": level, "source": self.prefix, "msg": message}
             record.update({k: v for k, v in fields.items() if v is not None})
             self._write(json.dumps(record, default=str))
         elif self.format == "github" and level in ("warning", "error"):

@@ -28,7 +28,7 @@ class Backoff:
     cap: float = 60.0
 
     def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        ceiling = min(self.cap, self.base * 2.0 ** (attempt - 1))
         return ceiling / 2 + rng() * ceiling / 2
 
 

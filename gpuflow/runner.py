@@ -47,6 +47,7 @@ def manager(nb: Any, output_path: Path, logger: Any, bar: Any) -> Any:
         """papermill's bookkeeping, with atomic saves at most every few seconds."""
 
         every = SAVE_EVERY
+        last_save_time: Any  # set by papermill's manager
 
         def save(self, **kwargs: Any) -> None:
             if (self.now() - self.last_save_time).total_seconds() >= self.every:

@@ -88,7 +88,7 @@ class TestResult(TestCounts):
         else:
             exc = errors.UsageError(f"pytest could not run the tests (exit {self.exit_code}): "
                                     "usage or collection error, see pytest_output.log")
-        exc.details = self.details()  # type: ignore[attr-defined]
+        exc.details = self.details()
         raise exc
 
 

@@ -143,7 +143,7 @@ def test_proc_run_captures_and_raises(tmp_path: Path) -> None:
     assert done.stdout.strip() == "hi"
     with pytest.raises(errors.CommandError) as info:
         proc.run([sys.executable, "-c", "import sys; sys.exit(3)"])
-    assert info.value.returncode == 3 and "return code: 3" in info.value.details()
+    assert info.value.returncode == 3 and "return code: 3" in info.value.report()
     with pytest.raises(errors.UsageError, match="not found on PATH"):
         proc.run(["gpuflow-no-such-program"])
 
