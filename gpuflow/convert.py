@@ -144,6 +144,24 @@ def convert_notebook(
                          duration_s=round(time.monotonic() - t0, 3), log=log_path)
 
 
+def warm(template: str = "lab") -> None:
+    """Pay a conversion's one-time costs now: nbconvert's imports, the
+    template compile, the first-use regexes of the highlighter and the HTML
+    post-processing. `gpuflow run` calls it in a thread while the notebook
+    executes, so that the conversion on the critical path only renders."""
+    import nbformat.v4 as v4
+
+    nb = v4.new_notebook(cells=[
+        v4.new_markdown_cell("# warm-up"),
+        v4.new_code_cell("print(1)", execution_count=1, outputs=[
+            v4.new_output("stream", name="stdout", text="1\n"),
+            v4.new_output("display_data", data={"text/html": "<b>1</b>", "text/plain": "1"})]),
+    ])
+    exporter = _exporter(template, False, False, False, logging.Logger("gpuflow.nbconvert.warm"))
+    _cache_templates(exporter)
+    exporter.from_notebook_node(nb)
+
+
 def _export(notebook: Path, html_path: Path, logger: logging.Logger, *, template: str, no_input: bool,
             embed_images: bool, sanitize_html: bool) -> int:
     logger.info("Converting notebook %s to html", notebook)

@@ -23,6 +23,7 @@ from typing import Any
 from gpuflow import config as cfgmod
 from gpuflow import errors, proc, record
 from gpuflow.cli import fail_line
+from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import log
 from gpuflow.resume import StepCache, digest, read_record
 from gpuflow.schedule import Slot
@@ -63,6 +64,7 @@ class Flow:
     repo: Path
     test_base: Future[TestBase] | None
     background: Executor  # fetches the test repo and copies it, off the critical path
+    testers: Executor  # runs each notebook's pytest, started early and held at a gate
     stop: threading.Event = field(default_factory=threading.Event)
 
 
@@ -96,18 +98,23 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
         steps[step], codes[step] = status, code
 
     copy = flow.background.submit(_copy_test_repo, flow, job) if flow.test_base is not None else None
-    note("execute", *_execute(flow, job, slot, cache))
-    if job.output.exists() and not flow.stop.is_set():
-        note("convert", *_convert(job, cache))
-    failed = any(c != 0 for c in codes.values())
-    if copy is not None and not flow.stop.is_set():
-        if failed and flow.config.skip_tests_on_failure:
-            _record(job.dir, "test", 0, 0.0, None, {"reason": "--skip-tests-on-failure"}, status="skipped")
-            note("test", "skipped", 0)
-        elif job.html.exists():
-            note("stage", *_stage(flow, job, copy))
-            if codes["stage"] == 0 and not flow.stop.is_set():
-                note("test", *_test(flow, job, cache))
+    early = start_tests(flow, job, copy) if copy is not None else None
+    try:
+        note("execute", *_execute(flow, job, slot, cache))
+        if job.output.exists() and not flow.stop.is_set():
+            note("convert", *_convert(job, cache))
+        failed = any(c != 0 for c in codes.values())
+        if early is not None and copy is not None and not flow.stop.is_set():
+            if failed and flow.config.skip_tests_on_failure:
+                _record(job.dir, "test", 0, 0.0, None, {"reason": "--skip-tests-on-failure"}, status="skipped")
+                note("test", "skipped", 0)
+            elif job.html.exists():
+                note("stage", *_stage(flow, job, copy))
+                if codes["stage"] == 0 and not flow.stop.is_set():
+                    note("test", *_test(flow, job, cache, early))
+    finally:
+        if early is not None:
+            early.close("the notebook's tests are not run in this run")
     # the summaries are written once for all notebooks, by write_run_summary
     bad = [(s, c) for s, c in codes.items() if c != 0]
     worst = errors.worst([c for _, c in bad])
@@ -217,20 +224,62 @@ def staged_name(cfg: cfgmod.FlowConfig, stem: str) -> str:
         raise errors.ConfigError(f"html_name {cfg.html_name!r}: bad placeholder {exc}") from None
 
 
-def _test(flow: Flow, job: NotebookJob, cache: StepCache) -> tuple[str, int]:
+@dataclass(frozen=True, kw_only=True)
+class EarlyTests:
+    """A notebook's pytest, started while the notebook executes so that Python,
+    pytest, its plugins and coverage load off the critical path; it waits at
+    `gate` before collecting (gpuflow/_pytest_gate.py) and writes into
+    `out_dir`, a scratch dir, until the run lets it go."""
+
+    gate: Path
+    out_dir: Path
+    future: Future[Any]
+
+    def release(self, verdict: str) -> None:
+        if not self.gate.exists():
+            atomic_write_text(self.gate, verdict)
+
+    def close(self, reason: str) -> None:
+        # a pytest that was never let go ends before it collects anything
+        self.release(reason)
+        try:
+            self.future.result(timeout=60)
+        except Exception:  # noqa: BLE001 - its outputs are scratch, its failure unused
+            pass
+
+
+def start_tests(flow: Flow, job: NotebookJob, copy: Future[Path]) -> EarlyTests:
     from gpuflow.test import run_tests
+
+    work = flow.run_dir / ".work" / job.name
+    gate, out_dir = work / "pytest-gate", work / "pytest-out"
+    gate.unlink(missing_ok=True)
+
+    def tests() -> Any:
+        repo = copy.result()
+        base = flow.test_base.result()  # type: ignore[union-attr]
+        return run_tests(repo, marker=flow.config.marker, out_dir=out_dir, install=False,
+                         python=base.python, gate=gate)
+
+    return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests))
+
+
+def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> tuple[str, int]:
+    from gpuflow.test import OUTPUTS
 
     assert flow.test_base is not None
     cfg = flow.config
-    repo = flow.run_dir / ".work" / job.name / "test-repo"
     outputs = [job.dir / n for n in ("pytest_results.xml", "pytest_report.html", "pytest_output.log")]
     inputs = digest(job.html, cfg.test_repo, cfg.marker, staged_name(cfg, job.stem))
 
     def test() -> dict[str, Any]:
-        base = flow.test_base.result()  # type: ignore[union-attr]
-        res = run_tests(repo, marker=cfg.marker, out_dir=job.dir, install=False, python=base.python)
+        early.release("go")
+        res = early.future.result()
+        for name in OUTPUTS:  # the reports move from the scratch dir to the notebook's artifacts
+            if (early.out_dir / name).exists():
+                os.replace(early.out_dir / name, job.dir / name)
         res.raise_for_status()
-        return res.details()
+        return {**res.details(), "out_dir": str(job.dir)}
 
     return in_process(job.dir, "test", test, cache=cache, inputs=inputs, outputs=outputs)
 

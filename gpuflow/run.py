@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,20 @@ def run_flow(
         return _run_locked(resolved, run_dir=run_dir, resume=resume, reconfigure=reconfigure)
 
 
+def _warm_convert() -> None:
+    # off the critical path: the notebooks execute in child processes while
+    # this thread imports nbconvert and compiles its template (issue 6)
+    def warm() -> None:
+        from gpuflow.convert import warm as warm_convert
+
+        try:
+            warm_convert()
+        except Exception as exc:  # the real conversion reports real problems
+            log.debug(f"convert warm-up failed: {exc}")
+
+    threading.Thread(target=warm, name="convert-warm-up", daemon=True).start()
+
+
 def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, reconfigure: Any) -> RunResult:
     cfg = resolved.config
     _save_config(run_dir, resolved)
@@ -52,6 +67,9 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     error: str | None = None
     t0 = time.monotonic()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-repo")
+    # one waiting pytest per notebook in flight (see flowsteps.start_tests)
+    testers = ThreadPoolExecutor(max_workers=max(1, cfg.jobs, len(cfg.gpus.split(","))),
+                                 thread_name_prefix="early-tests")
     try:
         facts = _run_level(run_dir, "preflight", lambda: _preflight(cfg))
         repo = _run_level(run_dir, "repo", lambda: {"path": str(_notebook_repo(cfg, run_dir, resume))})
@@ -63,12 +81,13 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         if cfg.datasets:
             _run_level(run_dir, "datasets", lambda: _datasets(cfg, repo_dir, run_dir))
         jobs = expand_notebooks(cfg, repo_dir, run_dir)
+        _warm_convert()
         slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [])
         test_base: Future[TestBase] | None = None
         if cfg.test_repo:
             test_base = executor.submit(_prepare_test_base, cfg, run_dir)
         flow = Flow(config=cfg, run_dir=run_dir, resume=resume, repo=repo_dir, test_base=test_base,
-                    background=executor)
+                    background=executor, testers=testers)
         pool = Pool(slots=slots, work=lambda job, slot: run_notebook(flow, job, slot),
                     failed=lambda r: r.exit_code != 0, fail_fast=cfg.fail_fast, stop=flow.stop)
         t0 = time.monotonic()
@@ -93,6 +112,7 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         stopped = exc
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        testers.shutdown(wait=False, cancel_futures=True)
     makespan = round(time.monotonic() - t0, 3)
     codes += [r.exit_code for r in results] + ([stopped.exit_code] if stopped else [])
     slot_report = runreport.slot_report(slots, pool, makespan, results, run_dir)

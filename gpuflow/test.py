@@ -18,8 +18,11 @@ failing on "unrecognized arguments".
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import os
 import re
+import shutil
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -35,6 +38,7 @@ PLUGINS = {"pytest_cov": "pytest-cov", "pytest_html": "pytest-html"}
 REQUIREMENT_FILES = ("requirements.txt", "requirements-test.txt", "requirements-dev.txt")
 OUTPUTS = ("coverage.xml", "pytest_results.xml", "pytest_report.html", "pytest_output.log")
 XPASS_MESSAGE = "xfail-marked test passes unexpectedly"
+GATE_PLUGIN = "gpuflow_pytest_gate"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,7 +208,9 @@ def _venv(repo_dir: Path, files: list[Path]) -> str:
     return str(python)
 
 
+@functools.lru_cache(maxsize=8)
 def _missing_plugins(python: str) -> list[str]:
+    # one probe per interpreter and process: `gpuflow run` tests many notebooks with one env
     found = proc.run([python, "-c", "import importlib.util as u, sys; "
                       f"print(' '.join(m for m in {list(PLUGINS)!r} if u.find_spec(m) is None))"],
                      echo=False)
@@ -239,11 +245,27 @@ def pytest_command(python: str, marker: str, out_dir: Path, plugins_missing: Seq
     return cmd
 
 
+def gate_env(gate: Path) -> dict[str, str]:
+    """The environment that makes pytest wait at `gate` (see gpuflow/_pytest_gate.py):
+    a copy of the plugin beside the gate, on PYTHONPATH, so the test env needs no gpuflow."""
+    from gpuflow import _pytest_gate
+
+    plugin_dir = gate.parent / "pytest-plugin"
+    plugin_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_pytest_gate.__file__, plugin_dir / f"{GATE_PLUGIN}.py")
+    path = os.pathsep.join(p for p in (str(plugin_dir), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, _pytest_gate.GATE_ENV: str(gate), "PYTHONPATH": path}
+
+
 def run_tests(
     repo_dir: Path, *, marker: str, out_dir: Path, install: bool = True, python: str | None = None,
+    gate: Path | None = None,
 ) -> TestResult:
     """Run the repo's pytest; the result carries the counts from its JUnit XML.
-    Test failures do not raise: call `raise_for_status()` for that."""
+    Test failures do not raise: call `raise_for_status()` for that.
+
+    With `gate`, pytest starts now and waits before collection until the file
+    `gate` says "go" (`gpuflow run` starts it while the notebook executes)."""
     repo_dir, out_dir = Path(repo_dir), Path(out_dir).resolve()
     if not repo_dir.is_dir():
         raise errors.InputError(f"{repo_dir}: no such test repo")
@@ -255,9 +277,12 @@ def run_tests(
     out_dir.mkdir(parents=True, exist_ok=True)
     junit = out_dir / "pytest_results.xml"
     junit.unlink(missing_ok=True)  # never read a previous run's results
+    cmd = pytest_command(chosen, marker, out_dir, missing)
+    env = None
+    if gate is not None:
+        cmd, env = [*cmd, "-p", GATE_PLUGIN], gate_env(gate)
     with open(out_dir / "pytest_output.log", "w", encoding="utf-8") as tee:
-        done = proc.run(pytest_command(chosen, marker, out_dir, missing), cwd=repo_dir, check=False,
-                        tee=tee, on_line=log.raw)
+        done = proc.run(cmd, cwd=repo_dir, check=False, env=env, tee=tee, on_line=log.raw)
     counts = parse_junit(junit, done.stdout) if junit.is_file() else TestCounts()
     code = {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)
     return TestResult(**vars(counts), exit_code=code, out_dir=out_dir, python=chosen,

@@ -270,3 +270,58 @@ def test_execute_process_killed_is_recorded_and_reported(tmp_path: Path, test_re
     assert (rec["status"], rec["exit_code"]) == ("failed", 137)
     assert run_json(run_dir)["notebooks"][0]["failed_step"] == "execute"
     assert (run_dir / "nb" / "summary.json").is_file()
+
+
+def _gate_processes() -> list[str]:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "gpuflow_pytest_gate" in cmd:
+            found.append(cmd)
+    return found
+
+
+def test_early_pytest_is_let_go_or_ended_never_left_behind(tmp_path: Path, test_repo: Path) -> None:
+    # pytest starts while the notebook executes and waits at a gate: the good
+    # notebook's tests run, the failed notebook's (--skip-tests-on-failure)
+    # never collect, leave no reports, and no waiting pytest outlives the run
+    repo = tmp_path / "nbs"
+    notebook(repo / "good.ipynb", OK)
+    notebook(repo / "bad.ipynb", "raise ValueError('boom')")
+    out = tmp_path / "out"
+    code = main([*base_args(repo, test_repo, out), "--notebooks", "good.ipynb", "bad.ipynb",
+                 "--skip-tests-on-failure"])
+    assert code == 1
+    run_dir = only_run(out)
+    assert (run_dir / "good" / "pytest_results.xml").is_file()
+    assert json.loads((run_dir / "good" / "steps" / "test.json").read_text())["exit_code"] == 0
+    assert not (run_dir / "bad" / "pytest_results.xml").exists()
+    assert json.loads((run_dir / "bad" / "steps" / "test.json").read_text())["status"] == "skipped"
+    assert _gate_processes() == []
+
+
+def test_gate_plugin_holds_pytest_until_go(tmp_path: Path) -> None:
+    from gpuflow.test import run_tests
+
+    repo = tmp_path / "suite"
+    (repo / "t").mkdir(parents=True)
+    (repo / "t" / "test_x.py").write_text("def test_ok():\n    assert True\n")
+    gate = tmp_path / "gate"
+    import threading
+
+    result: dict[str, object] = {}
+    worker = threading.Thread(target=lambda: result.update(r=run_tests(
+        repo, marker="not slow", out_dir=tmp_path / "o1", install=False, gate=gate)))
+    worker.start()
+    worker.join(timeout=3)
+    assert worker.is_alive(), "pytest must wait at the gate"
+    gate.write_text("go")
+    worker.join(timeout=120)
+    assert result["r"].exit_code == 0 and result["r"].passed == 1  # type: ignore[attr-defined]
+    gate2 = tmp_path / "gate2"
+    gate2.write_text("the notebook failed")
+    ended = run_tests(repo, marker="not slow", out_dir=tmp_path / "o2", install=False, gate=gate2)
+    assert ended.passed == 0 and ended.exit_code == 2
+    assert "tests not run: the notebook failed" in (tmp_path / "o2" / "pytest_output.log").read_text()
