@@ -59,6 +59,8 @@ class FlowConfig:
     gpus: str = ""
     fail_fast: bool = False
     skip_tests_on_failure: bool = False
+    pass_env: tuple[str, ...] = ()
+    sanitize_html: bool = False
     max_cells: int = 50_000
     max_genes: int = 10_000
     seed: int = 0
@@ -111,6 +113,10 @@ OPTIONS: dict[str, Option] = {
     "gpus": Option("str", "GPUs to spread notebooks over: '0,1' or 'all'; '' runs without pinning"),
     "fail_fast": Option("bool", "after a notebook fails, start no further notebooks"),
     "skip_tests_on_failure": Option("bool", "skip the test step of a notebook that failed"),
+    "pass_env": Option("list", "environment variables the kernel gets although their names look like "
+                       "secrets (TOKEN, KEY, PASSWORD...); all such variables are withheld by default"),
+    "sanitize_html": Option("bool", "strip scripts and unsafe markup from the HTML report "
+                            "(for notebooks whose output you do not trust)"),
     "max_cells": Option("int", "lite profile: keep at most this many cells (observations)"),
     "max_genes": Option("int", "lite profile: keep at most this many genes (variables)"),
     "seed": Option("int", "lite profile: subsampling seed"),
@@ -320,6 +326,7 @@ def _build(merged: dict[str, Any]) -> FlowConfig:
     merged["timeouts"] = {str(k): float(v) for k, v in (merged["timeouts"] or {}).items()}
     merged["datasets"] = tuple(merged["datasets"] or ())
     merged["notebooks"] = tuple(merged["notebooks"] or ())
+    merged["pass_env"] = tuple(merged["pass_env"] or ())
     return FlowConfig(**merged)
 
 
