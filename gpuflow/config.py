@@ -40,6 +40,7 @@ class FlowConfig:
     notebooks: tuple[str, ...] = (BUNDLED_NOTEBOOK,)
     repo: str = str(PROJECT_ROOT)
     revision: str | None = None
+    token_env: str | None = None
     datasets: tuple[dict[str, Any], ...] = ()
     test_repo: str = str(BUNDLED_TESTS)
     marker: str = "single_cell"
@@ -91,6 +92,8 @@ OPTIONS: dict[str, Option] = {
     "notebooks": Option("list", "notebook paths or globs inside the notebook repo"),
     "repo": Option("str", "the notebook repo: a git URL or a local path (default: this checkout)"),
     "revision": Option("str", "branch, tag or commit of a git `repo`", optional=True),
+    "token_env": Option("str", "environment variable holding a token for the git repos and the datasets "
+                        "(never put a token in a URL or flag: argv is world-readable)", optional=True),
     "datasets": Option("datasets", "files to download before executing: {url, dest, sha256, size}; "
                        "dest is relative to the notebook repo", cli=False),
     "test_repo": Option("str", "the test repo (URL or path) whose pytest checks the HTML; '' skips tests"),
