@@ -15,7 +15,7 @@ import pytest
 
 # the real servers and the tiny test repo of the step suites, not copies of them
 from tests.flow.conftest import steps_present, test_repo  # noqa: F401
-from tests.network.conftest import git_server, history, payload, publish  # noqa: F401
+from tests.network.conftest import file_server, git_server, publish  # noqa: F401
 
 
 @dataclass
