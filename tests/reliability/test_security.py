@@ -104,3 +104,16 @@ def test_kernel_env_and_html_are_untrusted_by_default(tmp_path: Path, monkeypatc
     assert 'alert("pwned")</script>' not in (strict / "env_output.html").read_text()
     assert "<b>bold</b>" in (strict / "env_output.html").read_text()
     assert not [p for p, text in _haystacks(tmp_path / "plain", tmp_path / "strict").items() if SENTINEL in text]
+
+
+def test_clone_dest_holding_its_own_results_dir_is_refused(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from gpuflow import clone
+
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "earlier.txt").write_text("kept")
+    for flag in ("--results-dir", "--record-dir"):
+        assert clone.main(["http://127.0.0.1:9/x.git", str(out), flag, str(out / "results")]) == 2
+        assert "refusing to replace" in capsys.readouterr().err
+    assert (out / "earlier.txt").read_text() == "kept"  # nothing moved or deleted
