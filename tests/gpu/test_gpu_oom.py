@@ -8,8 +8,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from gpu_helpers import notebook, outputs_text, run, save  # tests/gpu/gpu_helpers.py
+
 from gpuflow import errors, guard
 
 pytestmark = pytest.mark.gpu
@@ -49,6 +49,6 @@ def test_managed_memory_oversubscribes_the_device(tmp_path: Path, gpu_out: Path)
     # ending the kernel (and the test run with it), so that is not tried here.
     src = notebook(tmp_path / "in.ipynb", "MANAGED = True\n" + OOM, "print('after')")
     t0 = time.monotonic()
-    nb, text = run(src, tmp_path / "out.ipynb", guard.GuardOptions(rmm="managed"), cell_timeout=240, timeout=300)
+    _, text = run(src, tmp_path / "out.ipynb", guard.GuardOptions(rmm="managed"), cell_timeout=240, timeout=300)
     save(gpu_out, "oom_managed.json", {"exit_code": 0, "text": text, "seconds": round(time.monotonic() - t0, 1)})
     assert "after" in text

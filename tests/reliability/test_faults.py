@@ -22,9 +22,9 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
 
 # The kernel caps its own address space, then allocates until refused.
 RLIMIT_CELLS = (
-    "import resource, psutil\n"
+    ("import resource, psutil\n"
     "vms = psutil.Process().memory_info().vms\n"
-    "resource.setrlimit(resource.RLIMIT_AS, (vms + 300 * 2**20, vms + 300 * 2**20))",
+    "resource.setrlimit(resource.RLIMIT_AS, (vms + 300 * 2**20, vms + 300 * 2**20))"),
     "hoard = []\nwhile True:\n    hoard.append(bytearray(16 * 2**20))",
     "print('never reached')",
 )
@@ -34,7 +34,7 @@ def test_kernel_hitting_rlimit_as_is_a_memory_error_cell(tmp_path: Path) -> None
     src = notebook(tmp_path / "mem.ipynb", *RLIMIT_CELLS)
     out = tmp_path / "out" / "mem_output.ipynb"
     done = subprocess.run([*PY, "gpuflow.execute", str(src), str(out)], env=ENV, capture_output=True,
-                          text=True, timeout=180)
+                          text=True, check=False, timeout=180)
     # What really happens: malloc fails, Python raises MemoryError in the cell,
     # the kernel lives on and reports it: a cell error, exit 1 (not 137).
     assert done.returncode == 1, done.stderr
@@ -78,7 +78,7 @@ def _small_disk(tmp_path: Path) -> tuple[Path, dict[str, object]]:
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)],
-                             capture_output=True).returncode == 0
+                             capture_output=True, check=False).returncode == 0
     if mounted:
         return disk, {}
     return disk, {"preexec_fn": lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))}
@@ -88,13 +88,13 @@ def test_disk_full_while_converting_keeps_the_previous_html(tmp_path: Path) -> N
     src = notebook(tmp_path / "big.ipynb", "print('x' * 2_000_000)")
     executed = tmp_path / "big_output.ipynb"
     assert subprocess.run([*PY, "gpuflow.execute", str(src), str(executed)], env=ENV, capture_output=True,
-                          timeout=180).returncode == 0
+                          check=False, timeout=180).returncode == 0
     disk, limit = _small_disk(tmp_path)
     try:
         html = disk / "big_output.html"
         html.write_text("previous report")
         done = subprocess.run([*PY, "gpuflow.convert", str(executed), str(html), "--log", str(tmp_path / "c.log")],
-                              env=ENV, capture_output=True, text=True, timeout=180, **limit)  # type: ignore[call-overload]
+                              env=ENV, capture_output=True, text=True, check=False, timeout=180, **limit)  # type: ignore[call-overload]
         assert done.returncode != 0
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("gpuflow.convert: ") and ("No space left" in last or "too large" in last), last
@@ -106,7 +106,7 @@ def test_disk_full_while_converting_keeps_the_previous_html(tmp_path: Path) -> N
         assert not record.exists() or json.loads(record.read_text())["exit_code"] == 3
         assert done.returncode == 3
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        subprocess.run(["umount", str(disk)], capture_output=True, check=False)
 
 
 def test_two_runs_into_one_out_dir_never_share_a_run_dir(tmp_path: Path, test_repo: Path,
@@ -166,5 +166,5 @@ def test_parameters_that_are_not_a_mapping_are_exit_2(tmp_path: Path, capsys: py
     yml = tmp_path / "p.yaml"
     yml.write_text("- 1\n- 2\n")
     done = subprocess.run([*PY, "gpuflow.execute", str(src), str(tmp_path / "o.ipynb"), "-f", str(yml)],
-                          env=ENV, capture_output=True, text=True, timeout=120)
+                          env=ENV, capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr

@@ -1,16 +1,13 @@
 """Tokens, paths and untrusted output across the whole flow, with real servers."""
 from __future__ import annotations
 
-import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import make_git_repo
-from tests.flow.test_run import OK, base_args, notebook, only_run, run_json
+from tests.flow.test_run import OK, notebook, only_run, run_json
 from tests.network.conftest import publish
 
 pytestmark = pytest.mark.usefixtures("steps_present")
