@@ -11,6 +11,7 @@ import datetime as _dt
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,14 @@ def is_volume_root(path: Path) -> bool:
     return os.path.ismount(path)
 
 
-def refuse_unsafe(dest: Path) -> None:
+def refuse_unsafe(dest: Path, keep: Sequence[Path] = ()) -> None:
     """Refuse to replace /, $HOME or any directory holding it, or the cwd or
-    any directory holding it: those are never what a clone should replace."""
+    any directory holding it: those are never what a clone should replace.
+    `keep`: the step's own output dirs, which a clone must not swallow either."""
     target = dest.resolve()
     home = os.environ.get("HOME")  # not Path.home(): a container's arbitrary UID may have no passwd entry
-    guarded = [Path("/"), Path.cwd().resolve(), *([Path(home).resolve()] if home else [])]
+    guarded = [Path("/"), Path.cwd().resolve(), *([Path(home).resolve()] if home else []),
+               *(Path(k).resolve() for k in keep)]
     for keep in guarded:
         if target == keep or target in keep.parents:
             raise UnsafePathError(f"refusing to replace {dest}: it is or holds {keep}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import errno
 import signal
 import sys
 import time
@@ -103,9 +104,14 @@ def run_cli(
             print(redact(exc.report()), file=sys.stderr)
         if args.debug:
             traceback.print_exc()
-    except Exception as exc:  # a bug: say so, with the traceback
-        outcome = Outcome(exit_code=errors.INTERNAL, error=fail_line(prog, exc))
-        traceback.print_exc()
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            # a full disk or quota is the machine's fault, not a bug: one line, exit 3 (issue 9)
+            full = errors.InfraError(f"disk full while writing: {exc}")
+            outcome = Outcome(exit_code=full.exit_code, error=fail_line(prog, full))
+        else:  # a bug: say so, with the traceback
+            outcome = Outcome(exit_code=errors.INTERNAL, error=fail_line(prog, exc))
+            traceback.print_exc()
     if outcome.error:
         if log.format == "plain":  # the one line a person or a grep looks for
             print(outcome.error, file=sys.stderr, flush=True)
@@ -115,6 +121,9 @@ def run_cli(
     if step and directory is not None:
         _write_record(step, directory, outcome, started, time.monotonic() - t0)
     return outcome.exit_code
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _write_record(step: str, directory: Path, outcome: Outcome, started: str, took: float) -> None:

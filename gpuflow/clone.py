@@ -331,6 +331,8 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     results: dict[str, str] = {"commit-sha": "", "url": redact(strip_credentials(args.url)),
                                "backup-path": "", "clone-status": "failed"}
     try:
+        # the results and record land beside the checkout, never inside what it replaces (issue 9)
+        backups.refuse_unsafe(args.dest, keep=[d for d in (args.results_dir, args.record_dir) if d is not None])
         result = clone(args.url, args.dest, revision=args.revision, depth=args.depth, submodules=args.submodules,
                        sparse=args.sparse, retries=args.retries, backoff=args.backoff, backup=not args.no_backup,
                        keep_backups=args.keep_backups, max_backup_age=args.max_backup_age,

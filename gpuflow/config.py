@@ -40,6 +40,7 @@ class FlowConfig:
     notebooks: tuple[str, ...] = (BUNDLED_NOTEBOOK,)
     repo: str = str(PROJECT_ROOT)
     revision: str | None = None
+    token_env: str | None = None
     datasets: tuple[dict[str, Any], ...] = ()
     test_repo: str = str(BUNDLED_TESTS)
     marker: str = "single_cell"
@@ -59,6 +60,8 @@ class FlowConfig:
     gpus: str = ""
     fail_fast: bool = False
     skip_tests_on_failure: bool = False
+    pass_env: tuple[str, ...] = ()
+    sanitize_html: bool = False
     max_cells: int = 50_000
     max_genes: int = 10_000
     seed: int = 0
@@ -89,6 +92,8 @@ OPTIONS: dict[str, Option] = {
     "notebooks": Option("list", "notebook paths or globs inside the notebook repo"),
     "repo": Option("str", "the notebook repo: a git URL or a local path (default: this checkout)"),
     "revision": Option("str", "branch, tag or commit of a git `repo`", optional=True),
+    "token_env": Option("str", "environment variable holding a token for the git repos and the datasets "
+                        "(never put a token in a URL or flag: argv is world-readable)", optional=True),
     "datasets": Option("datasets", "files to download before executing: {url, dest, sha256, size}; "
                        "dest is relative to the notebook repo", cli=False),
     "test_repo": Option("str", "the test repo (URL or path) whose pytest checks the HTML; '' skips tests"),
@@ -111,6 +116,10 @@ OPTIONS: dict[str, Option] = {
     "gpus": Option("str", "GPUs to spread notebooks over: '0,1' or 'all'; '' runs without pinning"),
     "fail_fast": Option("bool", "after a notebook fails, start no further notebooks"),
     "skip_tests_on_failure": Option("bool", "skip the test step of a notebook that failed"),
+    "pass_env": Option("list", "environment variables the kernel gets although their names look like "
+                       "secrets (TOKEN, KEY, PASSWORD...); all such variables are withheld by default"),
+    "sanitize_html": Option("bool", "strip scripts and unsafe markup from the HTML report "
+                            "(for notebooks whose output you do not trust)"),
     "max_cells": Option("int", "lite profile: keep at most this many cells (observations)"),
     "max_genes": Option("int", "lite profile: keep at most this many genes (variables)"),
     "seed": Option("int", "lite profile: subsampling seed"),
@@ -320,6 +329,7 @@ def _build(merged: dict[str, Any]) -> FlowConfig:
     merged["timeouts"] = {str(k): float(v) for k, v in (merged["timeouts"] or {}).items()}
     merged["datasets"] = tuple(merged["datasets"] or ())
     merged["notebooks"] = tuple(merged["notebooks"] or ())
+    merged["pass_env"] = tuple(merged["pass_env"] or ())
     return FlowConfig(**merged)
 
 

@@ -102,7 +102,7 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     try:
         note("execute", *_execute(flow, job, slot, cache))
         if job.output.exists() and not flow.stop.is_set():
-            note("convert", *_convert(job, cache))
+            note("convert", *_convert(job, cache, flow.config.sanitize_html))
         failed = any(c != 0 for c in codes.values())
         if early is not None and copy is not None and not flow.stop.is_set():
             if failed and flow.config.skip_tests_on_failure:
@@ -131,7 +131,7 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
     params = cfgmod.notebook_parameters(cfg)
     timeout = cfgmod.timeout_for(cfg, job.rel, job.stem)
     inputs = digest(job.notebook, params, cfg.profile, cfg.kernel, cfg.gpu, cfg.rmm, cfg.rmm_pool_size,
-                    cfg.max_cells, cfg.max_genes, cfg.seed, timeout, cfg.cell_timeout)
+                    cfg.max_cells, cfg.max_genes, cfg.seed, timeout, cfg.cell_timeout, cfg.pass_env)
     if cache.fresh("execute", inputs, [job.output]):
         log.info(f"{job.name}: execute unchanged since the last run, kept (--resume)")
         return "kept", 0
@@ -144,6 +144,8 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
         cmd += ["--timeout", str(timeout)]
     if cfg.cell_timeout is not None:
         cmd += ["--cell-timeout", str(cfg.cell_timeout)]
+    for name in cfg.pass_env:
+        cmd += ["--pass-env", name]
     env = {**os.environ, **slot.env()}
     for attempt in range(1, KERNEL_START_TRIES + 1):
         cache.intend("execute", inputs)
@@ -183,13 +185,14 @@ def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
     return flags
 
 
-def _convert(job: NotebookJob, cache: StepCache) -> tuple[str, int]:
+def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> tuple[str, int]:
     from gpuflow.convert import convert_notebook
 
-    inputs = digest(job.output, "lab")
+    inputs = digest(job.output, "lab", sanitize_html)
 
     def convert() -> dict[str, Any]:
-        res = convert_notebook(job.output, job.html, log_path=job.dir / "jupyter_nbconvert.log")
+        res = convert_notebook(job.output, job.html, log_path=job.dir / "jupyter_nbconvert.log",
+                               sanitize_html=sanitize_html)
         return {"html": str(res.html), "bytes": res.bytes}
 
     return in_process(job.dir, "convert", convert, cache=cache, inputs=inputs, outputs=[job.html])

@@ -25,7 +25,7 @@ from gpuflow import cli, errors, proc, runreport
 from gpuflow import config as cfgmod
 from gpuflow.flowsteps import Flow, NotebookJob, NotebookResult, TestBase, in_process, run_notebook
 from gpuflow.fsutil import atomic_write_text, contained
-from gpuflow.log import log
+from gpuflow.log import log, redact
 from gpuflow.runreport import RunResult
 from gpuflow.schedule import Pool, Slot, slots_for
 
@@ -160,7 +160,7 @@ def _notebook_repo(cfg: cfgmod.FlowConfig, run_dir: Path, resume: bool) -> Path:
     dest = run_dir / WORK / "repo"
     if resume and (dest / ".git").is_dir():
         return dest  # the resumed run's checkout: the notebooks' bytes decide what is redone
-    return Path(clone(cfg.repo, dest, revision=cfg.revision, backup=False).path)
+    return Path(clone(cfg.repo, dest, revision=cfg.revision, backup=False, token_env=cfg.token_env).path)
 
 
 def _datasets(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> dict[str, Any]:
@@ -169,7 +169,7 @@ def _datasets(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> dict[str
     got = []
     for item in cfg.datasets:
         res = download(item["url"], contained(repo_dir, item["dest"]), sha256=item.get("sha256"),
-                       size=item.get("size"), cache_dir=Path(cfg.out) / ".cache")
+                       size=item.get("size"), cache_dir=Path(cfg.out) / ".cache", token_env=cfg.token_env)
         got.append({"dest": item["dest"], "bytes": res.bytes, "source": res.source})
     return {"datasets": got}
 
@@ -181,7 +181,7 @@ def _prepare_test_base(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
 
     def prepare() -> dict[str, Any]:
         base = run_dir / WORK / "test-repo"
-        prepare_repo(cfg.test_repo, base)
+        prepare_repo(cfg.test_repo, base, token_env=cfg.token_env)
         box["base"] = TestBase(repo=base, python=prepare_env(base))
         return {"repo": str(base), "python": box["base"].python}
 
@@ -251,7 +251,8 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 def _save_config(run_dir: Path, resolved: cfgmod.Resolved) -> None:
     data = {"config": resolved.config.to_dict(), "sources": resolved.sources}
-    atomic_write_text(run_dir / "config.json", json.dumps(data, indent=2))
+    # a token pasted into a repo URL must not land in the artifacts (issue 9)
+    atomic_write_text(run_dir / "config.json", redact(json.dumps(data, indent=2)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -282,7 +283,7 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     env = os.environ
     resolved = _resolve(args, env)
     if args.print_config:
-        print(resolved.render())
+        print(redact(resolved.render()))
         return cli.Outcome()
     run_dir = args.resume.resolve() if args.resume else new_run_dir(Path(resolved.config.out)).resolve()
     log.info(f"run directory: {run_dir}")
