@@ -45,9 +45,9 @@ def refuse_unsafe(dest: Path, keep: Sequence[Path] = ()) -> None:
     home = os.environ.get("HOME")  # not Path.home(): a container's arbitrary UID may have no passwd entry
     guarded = [Path("/"), Path.cwd().resolve(), *([Path(home).resolve()] if home else []),
                *(Path(k).resolve() for k in keep)]
-    for keep in guarded:
-        if target == keep or target in keep.parents:
-            raise UnsafePathError(f"refusing to replace {dest}: it is or holds {keep}")
+    for held in guarded:
+        if target == held or target in held.parents:
+            raise UnsafePathError(f"refusing to replace {dest}: it is or holds {held}")
 
 
 def set_aside(dest: Path, *, keep: bool, now: _dt.datetime | None = None) -> SetAside:
