@@ -125,7 +125,7 @@ EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "the step's own work failed: a cell raised, or tests failed",
     2: "bad usage or bad input; nothing was executed",
-    3: "infrastructure failed after retries: network, clone, download, auth",
+    3: "infrastructure failed after retries: network, clone, download, auth; a full disk",
     4: "a GPU was required but none is visible",
     5: "pytest collected no tests",
     70: "internal error in gpuflow (a bug): the traceback is in the log",
