@@ -50,6 +50,7 @@ _HINTS: tuple[tuple[str, bool, str], ...] = (
     ("returned error: 404", True, "repository not found: check the URL"),
     ("does not appear to be a git repository", True, "not a git repository: check the URL"),
     ("couldn't find remote ref", True, "revision not found on the remote"),
+    ("remote branch .* not found", True, "revision not found on the remote"),
     ("ssl certificate problem", True, "TLS certificate problem: set GIT_SSL_CAINFO to the right CA bundle"),
     ("returned error: 5", False, "the server had an error (HTTP 5xx)"),
     ("connection refused", False, "connection refused"),
@@ -65,6 +66,10 @@ _HINTS: tuple[tuple[str, bool, str], ...] = (
     ("the remote end hung up", False, "the connection dropped"),
     ("rpc failed", False, "the transfer failed"),
 )
+
+
+# an abbreviated or full SHA: `git clone --branch` cannot take one
+_LOOKS_LIKE_SHA = re.compile(r"[0-9a-fA-F]{7,40}")
 
 
 class _Transient(CloneError):
@@ -228,31 +233,72 @@ def _clone_once(remote: str, dest: Path, env: dict[str, str], *, revision: str |
                 submodules: bool, sparse: Sequence[str]) -> str:
     import git  # GitPython: imported here so `import gpuflow.clone` stays cheap
 
+    # Each git child costs 10-60 ms, as much as a shallow fetch, so the common
+    # case (a branch or tag, no sparse paths) is one `git clone`; a SHA or a
+    # sparse checkout takes init + fetch + checkout. GitPython does in-process
+    # what it can (the remote's config, reading HEAD).
     dest.mkdir(parents=True, exist_ok=True)
-    init = git.Git(str(dest))
-    init.update_environment(**env)
-    _git(init, "init", "-q")  # not Repo.init: that would run `git init` without our environment
+    runner = git.Git(str(dest))
+    runner.update_environment(**env)
+    # an inherited GIT_DIR/GIT_WORK_TREE (a hook's) is pinned to DEST, and `git clone` refuses a preset work tree
+    pinned = any(env.get(key) for key in ("GIT_DIR", "GIT_WORK_TREE"))
+    if not sparse and not pinned and not (revision and _LOOKS_LIKE_SHA.fullmatch(revision)):
+        try:
+            return _clone_ref(runner, remote, dest, env, revision=revision, depth=depth, submodules=submodules)
+        except _RevisionMissing:
+            backups.wipe(dest)  # not a branch or tag: maybe an abbreviated SHA after all
+            dest.mkdir(parents=True, exist_ok=True)
+    _git(runner, "init", "-q")  # not Repo.init: that would run `git init` without our environment
     repo = git.Repo(dest)
     try:
         repo.git.update_environment(**env)
-        _git(repo.git, "remote", "add", "origin", remote)
-        commit = _fetch_revision(repo, revision, depth)
+        with repo.config_writer() as config:  # what `git remote add origin URL` writes
+            config.set_value('remote "origin"', "url", remote)
+            config.set_value('remote "origin"', "fetch", "+refs/heads/*:refs/remotes/origin/*")
+        target = _fetch_revision(repo, revision, depth)
         if sparse:
             _git(repo.git, "sparse-checkout", "set", "--", *sparse)
-        _git(repo.git, "checkout", "-q", "--detach", commit)
-        if submodules:
-            extra = [f"--depth={depth}"] if depth else []
-            _git(repo.git, "submodule", "update", "--init", "--recursive", *extra)
-        return str(repo.head.commit.hexsha)
+        _git(repo.git, "checkout", "-q", "--detach", target)  # peels an annotated tag to its commit
+        return _finish(repo, depth=depth, submodules=submodules)
     finally:
-        repo.close()  # ends GitPython's persistent cat-file children, which would keep DEST busy
+        repo.close()  # ends GitPython's persistent cat-file children, if any, which would keep DEST busy
+
+
+def _clone_ref(runner: git.Git, remote: str, dest: Path, env: dict[str, str], *, revision: str | None,
+               depth: int | None, submodules: bool) -> str:
+    import git
+
+    shallow = [f"--depth={depth}"] if depth else []
+    branch = ["--branch", revision] if revision else []
+    # --no-local: a plain path goes through git's transport too, so --depth holds
+    _git(runner, "clone", "-q", "--no-local", "--no-tags", *shallow, *branch, "--", remote, str(dest))
+    repo = git.Repo(dest)
+    try:
+        repo.git.update_environment(**env)
+        if not repo.head.is_detached:  # a branch: leave HEAD at the commit, as the fetch path does
+            _git(repo.git, "checkout", "-q", "--detach")
+        return _finish(repo, depth=depth, submodules=submodules)
+    finally:
+        repo.close()
+
+
+def _finish(repo: git.Repo, *, depth: int | None, submodules: bool) -> str:
+    from git.refs import SymbolicReference
+
+    if submodules:
+        extra = [f"--depth={depth}"] if depth else []
+        _git(repo.git, "submodule", "update", "--init", "--recursive", *extra)
+    # read from .git/HEAD: repo.head.commit would start a cat-file child
+    return str(SymbolicReference.dereference_recursive(repo, "HEAD"))
 
 
 def _fetch_revision(repo: git.Repo, revision: str | None, depth: int | None) -> str:
+    """Fetch `revision` and return what to check out: FETCH_HEAD on the
+    common path (a ref name or a SHA the server hands out), else a SHA."""
     shallow = [f"--depth={depth}"] if depth else []
     try:
         _git(repo.git, "fetch", "-q", "--no-tags", *shallow, "origin", revision or "HEAD")
-        return str(repo.git.rev_parse("FETCH_HEAD^{commit}"))
+        return "FETCH_HEAD"
     except _RevisionMissing:
         if revision is None:
             raise
@@ -298,7 +344,7 @@ def _classify(exc: Any) -> InfraError:
     detail = redact(lines[-1] if lines else str(exc).strip())
     for needle, permanent, hint in _HINTS:
         if re.search(needle, lowered):
-            if needle == "couldn't find remote ref":
+            if hint == "revision not found on the remote":
                 return _RevisionMissing(f"{hint} ({detail})")
             if not permanent:
                 return _Transient(f"{hint} ({detail})")

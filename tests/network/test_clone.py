@@ -185,8 +185,8 @@ def test_token_never_leaks(git_server: Any, history: History, tmp_path: Path) ->
         watcher.join()
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == history.commits[-1]
-    assert "fetch" in argv_log.read_text()  # the shim did see git's argv
-    assert any("git fetch" in line for line in seen)  # the watcher did catch git's children
+    assert srv.url("repo.git") in argv_log.read_text()  # the shim did see the transfer's argv (clone or fetch)
+    assert any("git fetch" in line or "git clone" in line for line in seen)  # the watcher did catch git's children
     import base64
     encoded = base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode()
     haystacks = {"stdout": proc.stdout, "stderr": proc.stderr, "argv": argv_log.read_text(), "ps": "\n".join(seen)}
