@@ -93,6 +93,7 @@ def execute_notebook(
         cells=len(nb.cells), executed_cells=0, parameters=params, prepared=report.summary(),
     )
     if prepare_only:
+        log.info(f"prepared (not executed): {report.summary()}")
         runner.write_notebook(nb, output_path)
         return replace(base, duration_s=round(time.monotonic() - t0, 3))
     kernel_env = _kernel.kernel_env(env, pass_env)

@@ -41,6 +41,7 @@ class PrepareReport:
     removed_cells: tuple[int, ...] = ()
     commented_lines: tuple[tuple[int, str], ...] = ()
     guard_injected: bool = False
+    rmm_cells: tuple[int, ...] = ()  # the notebook's own RMM set-up, guarded at run time
     upgraded_from: int | None = None
     stale_banners: int = 0
 
@@ -54,7 +55,19 @@ class PrepareReport:
             parts.append(f"commented out {len(self.commented_lines)} kernel-shutdown line(s)")
         if self.guard_injected:
             parts.append("injected the GPU guard cell")
+        if self.rmm_cells and self.guard_injected:
+            parts.append(f"the notebook's RMM cell(s) {list(self.rmm_cells)} are guarded")
         return "; ".join(parts) or "unchanged"
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {"removed_cells": list(self.removed_cells),
+                "commented_lines": [[i, line] for i, line in self.commented_lines],
+                "guard_injected": self.guard_injected, "rmm_cells": list(self.rmm_cells),
+                "upgraded_from": self.upgraded_from}
+
+
+RMM_TAG = "gpuflow-rmm-guarded"
+_RMM_CALL = re.compile(r"\brmm\.reinitialize\s*\(|set_allocator\(\s*rmm_cupy_allocator")
 
 
 def load_notebook(path: Path) -> Any:
@@ -122,6 +135,7 @@ def prepare(nb: Any, *, guard_source: str | None = None, report_mode: bool = Tru
     before = len(nb.cells)
     nb.cells = [c for c in nb.cells if not _is_injected(c)]
     stale = before - len(nb.cells)
+    rmm_cells = _mark_rmm_cells(nb, guarded=bool(guard_source))
     removed, commented = _strip_shutdowns(nb)
     if guard_source:
         cell = nbformat.v4.new_code_cell(guard_source)
@@ -132,11 +146,31 @@ def prepare(nb: Any, *, guard_source: str | None = None, report_mode: bool = Tru
         first_code = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), len(nb.cells))
         nb.cells.insert(first_code, cell)
     major = nb.metadata.get("gpuflow", {}).get("input_nbformat", 4)
-    return PrepareReport(
+    report = PrepareReport(
         removed_cells=tuple(removed), commented_lines=tuple(commented),
-        guard_injected=bool(guard_source), upgraded_from=major if major < 4 else None,
-        stale_banners=stale,
+        guard_injected=bool(guard_source), rmm_cells=tuple(rmm_cells),
+        upgraded_from=major if major < 4 else None, stale_banners=stale,
     )
+    # what was changed travels with the notebook, so a reader of the output
+    # (or of --prepare-only) sees it without the log
+    nb.metadata.setdefault("gpuflow", {})["prepare"] = report.to_metadata()
+    return report
+
+
+def _mark_rmm_cells(nb: Any, *, guarded: bool) -> list[int]:
+    """Tag the notebook's own RMM set-up cells. The cells are left as they are:
+    the injected guard wraps `rmm.reinitialize` in the kernel, so the tag says
+    what will happen to them, and the policy decides (docs/gpu.md)."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and _RMM_CALL.search(cell.source):
+            found.append(index)
+            if guarded:
+                tags = cell.metadata.setdefault("tags", [])
+                if RMM_TAG not in tags:
+                    tags.append(RMM_TAG)
+                cell.metadata["gpuflow"] = {"rmm": "guarded: the injected guard cell wraps rmm.reinitialize"}
+    return found
 
 
 def _is_injected(cell: Any) -> bool:

@@ -52,5 +52,9 @@ def test_blueprint_prepares_with_the_guard_first(corpus: Path, tmp_path: Path) -
     assert "_gpuflow_guard.run_setup(" in code[0].source and "'policy': 'pool'" in code[0].source
     # the blueprint's own RMM cells stay as written and run after the guard, which wraps them
     assert any("rmm.reinitialize" in c.source for c in code[1:])
+    rmm_cells = [c for c in code[1:] if "rmm.reinitialize" in c.source]
+    assert all("gpuflow-rmm-guarded" in c.metadata["tags"] for c in rmm_cells)
+    report = nb.metadata["gpuflow"]["prepare"]
+    assert report["guard_injected"] and report["rmm_cells"] and report["removed_cells"]
     live = [line for c in code for line in c.source.splitlines() if not line.lstrip().startswith("#")]
     assert not any("do_shutdown" in line for line in live)  # the shutdown cell is stripped
