@@ -31,11 +31,14 @@ def _nvml() -> Any:
         return None
 
 
-def _device_index(env: Mapping[str, str]) -> int:
-    # NVML numbers devices as the node sees them; a numeric CUDA_VISIBLE_DEVICES
-    # (how `gpuflow run` pins a notebook) names the one the kernel uses
+def _handle(nvml: Any, env: Mapping[str, str]) -> Any:
+    # NVML numbers devices as the node sees them and ignores CUDA_VISIBLE_DEVICES:
+    # its first entry (an index, as `gpuflow run` pins a notebook, or a GPU UUID,
+    # as Kubernetes device plugins set it) names the device the kernel uses
     first = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
+    if first.startswith("GPU-"):
+        return nvml.nvmlDeviceGetHandleByUUID(first)
+    return nvml.nvmlDeviceGetHandleByIndex(int(first) if first.isdigit() else 0)
 
 
 class Sampler(threading.Thread):
@@ -96,7 +99,7 @@ def sample(path: Path, *, cell_stats: Path | None = None, interval: float = INTE
     handle = None
     if nvml is not None:
         try:
-            handle = nvml.nvmlDeviceGetHandleByIndex(_device_index(os.environ if env is None else env))
+            handle = _handle(nvml, os.environ if env is None else env)
         except Exception:
             handle = None
     if handle is None:

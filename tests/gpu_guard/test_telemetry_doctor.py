@@ -76,3 +76,15 @@ def test_doctor_require_gpu_exits_4(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_owner_hint(tmp_path: Path) -> None:
     uid = tmp_path.stat().st_uid
     assert doctor._owner_hint(tmp_path, uid + 1) == f"running as UID {uid + 1} but {tmp_path} belongs to {uid}"
+
+
+@pytest.mark.parametrize(("visible", "expected"), [
+    ("1", "handle1"), ("3,2", "handle3"), ("GPU-8e05e49e-4cb5", "uuid:GPU-8e05e49e-4cb5"), ("", "handle0"),
+])
+def test_sampler_watches_the_pinned_device(visible: str, expected: str) -> None:
+    # NVML ignores CUDA_VISIBLE_DEVICES: telemetry must pick the pinned GPU itself
+    import types
+
+    nvml = types.SimpleNamespace(nvmlDeviceGetHandleByIndex=lambda i: f"handle{i}",
+                                 nvmlDeviceGetHandleByUUID=lambda u: f"uuid:{u}")
+    assert telemetry._handle(nvml, {"CUDA_VISIBLE_DEVICES": visible}) == expected
