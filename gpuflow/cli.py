@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as _dt
 import errno
 import signal
 import sys
@@ -91,7 +90,7 @@ def run_cli(
     except SystemExit as exc:  # argparse: --help is 0, bad usage is 2
         return int(exc.code or 0)
     log.configure(args.log_format, prefix=prog, debug=args.debug)
-    started, t0 = _dt.datetime.now(_dt.timezone.utc).isoformat(), time.monotonic()
+    started, t0 = record.utc_now(), time.monotonic()
     outcome = Outcome()
     try:
         with signals_raise():
@@ -127,15 +126,8 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def _write_record(step: str, directory: Path, outcome: Outcome, started: str, took: float) -> None:
-    rec = record.StepRecord(
-        name=step,
-        status="success" if outcome.exit_code == 0 else "failed",
-        exit_code=outcome.exit_code,
-        duration_s=round(took, 3),
-        error=outcome.error,
-        started_at=started,
-        details=outcome.details,
-    )
+    rec = record.finished(step, outcome.exit_code, took, error=outcome.error, details=outcome.details,
+                          started_at=started)
     try:
         record.write(directory, rec)
     except (OSError, errors.GpuflowError) as exc:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from gpuflow import backup as backups
 from gpuflow import cli
 from gpuflow.errors import AuthError, CloneError, ConfigError, InfraError, InputError
-from gpuflow.fsutil import atomic_write_text
+from gpuflow.fsutil import write_results
 from gpuflow.log import add_secret, log, redact
 from gpuflow.retry import Backoff, with_retries
 
@@ -393,12 +393,6 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     return cli.Outcome(details={"url": result.url, "path": str(result.path), "commit": result.commit,
                                 "revision": result.revision, "backup_path": results["backup-path"],
                                 "attempts": result.attempts})
-
-
-def write_results(directory: Path, results: Mapping[str, str]) -> None:
-    """Tekton result files: one per name, no trailing newline (like printf %s)."""
-    for name, value in results.items():
-        atomic_write_text(Path(directory) / name, value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,6 @@ threads sharing one process hit (papermill #239, #511).
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ from gpuflow import errors, proc, record
 from gpuflow.cli import fail_line
 from gpuflow.fsutil import atomic_write_text
 from gpuflow.log import log
-from gpuflow.resume import StepCache, digest, read_record
+from gpuflow.resume import StepCache, digest
 from gpuflow.schedule import Slot
 
 KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
@@ -119,7 +118,7 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     bad = [(s, c) for s, c in codes.items() if c != 0]
     worst = errors.worst([c for _, c in bad])
     failed_step = next((s for s, c in bad if c == worst), None)
-    rec = read_record(job.dir, failed_step) if failed_step else None
+    rec = record.read(job.dir, failed_step) if failed_step else None
     return NotebookResult(
         name=job.name, notebook=job.rel, slot=slot.name, steps=steps, codes=codes, exit_code=worst,
         failed_step=failed_step, error=rec.error if rec else None, duration_s=round(time.monotonic() - t0, 3),
@@ -149,13 +148,13 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
     env = {**os.environ, **slot.env()}
     for attempt in range(1, KERNEL_START_TRIES + 1):
         cache.intend("execute", inputs)
-        t0, started = time.monotonic(), _now()
+        t0, started = time.monotonic(), record.utc_now()
         done = proc.run(cmd, env=env, check=False, on_line=lambda line: log.raw(f"[{job.name}] {line}"))
-        rec = read_record(job.dir, "execute")
+        rec = record.read(job.dir, "execute")
         if rec is None:  # the child died before it could record anything (a signal: 128 + signum)
             died = done.returncode if done.returncode > 0 else 128 - done.returncode
             _record(job.dir, "execute", died, time.monotonic() - t0, _tail(done.stdout), {}, started=started)
-            rec = read_record(job.dir, "execute")
+            rec = record.read(job.dir, "execute")
         code = rec.exit_code if rec is not None else errors.INTERNAL
         if not _kernel_never_started(code, rec) or attempt == KERNEL_START_TRIES or flow.stop.is_set():
             break
@@ -295,7 +294,7 @@ def in_process(
     if cache is not None and inputs is not None and cache.fresh(step, inputs, outputs or []):
         log.info(f"{directory.name}: {step} unchanged since the last run, kept (--resume)")
         return "kept", 0
-    t0, started = time.monotonic(), _now()
+    t0, started = time.monotonic(), record.utc_now()
     details: dict[str, Any] = {}
     error: str | None = None
     try:
@@ -320,10 +319,8 @@ def _record(
     directory: Path, step: str, code: int, took: float, error: str | None, details: dict[str, Any],
     *, started: str | None = None, status: str | None = None,
 ) -> None:
-    record.write(directory, record.StepRecord(
-        name=step, status=status or ("success" if code == 0 else "failed"), exit_code=code,
-        duration_s=round(took, 3), error=error, started_at=started or _now(), details=details,
-    ))
+    record.write(directory, record.finished(step, code, took, error=error, details=details,
+                                            started_at=started, status=status))
 
 
 def _status(code: int) -> tuple[str, int]:
@@ -334,6 +331,3 @@ def _tail(text: str) -> str | None:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else None
 
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat()

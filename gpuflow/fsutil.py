@@ -46,6 +46,12 @@ def atomic_write_text(dest: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(dest, text.encode("utf-8"))
 
 
+def write_results(directory: str | os.PathLike[str], results: dict[str, str]) -> None:
+    """Tekton result files: one per name, no trailing newline (like printf %s)."""
+    for name, value in results.items():
+        atomic_write_text(Path(directory) / name, value)
+
+
 def contained(base: str | os.PathLike[str], relative: str | os.PathLike[str]) -> Path:
     """`base/relative`, refusing absolute paths, `..` and symlinks that leave `base`."""
     rel = Path(relative)

@@ -31,14 +31,6 @@ def digest(*parts: Any) -> str:
     return h.hexdigest()
 
 
-def read_record(artifact_dir: Path, step: str) -> record.StepRecord | None:
-    path = artifact_dir / record.RECORD_DIR / f"{step}.json"
-    try:
-        return record.StepRecord(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
 @dataclass(frozen=True)
 class StepCache:
     artifact_dir: Path
@@ -47,7 +39,7 @@ class StepCache:
     def fresh(self, step: str, inputs: str, outputs: list[Path]) -> bool:
         if not self.enabled:
             return False
-        rec = read_record(self.artifact_dir, step)
+        rec = record.read(self.artifact_dir, step)
         recorded = rec.details.get(INPUTS_KEY) if rec is not None else None
         if recorded is None and rec is not None:
             recorded = self._intent(step).read_text(encoding="utf-8") if self._intent(step).is_file() else None
@@ -68,7 +60,7 @@ class StepCache:
 
     def stamp(self, step: str, inputs: str, outputs: list[Path]) -> None:
         """Add the inputs digest and outputs to a record a step CLI wrote."""
-        rec = read_record(self.artifact_dir, step)
+        rec = record.read(self.artifact_dir, step)
         if rec is None:
             return
         details = {**rec.details, INPUTS_KEY: inputs, OUTPUTS_KEY: [str(p) for p in outputs]}

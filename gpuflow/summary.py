@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuflow import cli, errors, record, tables
+from gpuflow import cli, errors, fsutil, record, tables
 from gpuflow.fsutil import atomic_write_text, sha256_file
 from gpuflow.log import log
 
@@ -250,8 +250,7 @@ def write_results(results_dir: Path, summary: Summary, summary_path: Path) -> No
     values = {"status": summary.status, "tests-passed": str(tests.get("passed", 0)),
               "tests-failed": str(tests.get("failed", 0) + tests.get("errors", 0)),
               "summary-path": str(summary_path)[:512]}
-    for name, value in values.items():
-        atomic_write_text(Path(results_dir) / name, value)
+    fsutil.write_results(results_dir, values)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
