@@ -29,7 +29,8 @@ chromium:
 	    || echo "chromium not installed: its tests will skip"; }
 
 test: $(VENV)/.test-deps chromium
-	$(PY) -m mypy gpuflow
+	$(PY) -m ruff check gpuflow tests benchmarks
+	$(PY) -m mypy --strict gpuflow
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test-deps

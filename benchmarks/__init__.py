@@ -1,1 +1,1 @@
-"""Benchmarks: gpuflow against what it replaces (issue 8). Run `python -m benchmarks`."""
+"""Benchmarks: gpuflow against what it replaces. Run `python -m benchmarks`."""

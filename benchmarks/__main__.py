@@ -1,5 +1,5 @@
 """`python -m benchmarks [--quick] [--only 1,5] [--json PATH] [--include-json FILE] [--markdown PATH]`:
-run issue 8's comparisons on this machine, print one table, write JSON."""
+run the comparisons of docs/benchmarks.md on this machine, print one table, write JSON."""
 from __future__ import annotations
 
 import argparse
@@ -33,7 +33,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="cached inputs, scratch and logs (default: bench-out/)")
     p.add_argument("--json", type=Path, default=None, help="results file (default: OUT_DIR/results.json)")
     p.add_argument("--include-json", type=Path, action="append", default=[],
-                   help="add the lines of a results JSON made elsewhere (e.g. row 8 on the GPU machine)")
+                   help="add the lines of a results JSON made elsewhere (e.g. the GPU rows, measured on the GPU machine)")
     p.add_argument("--markdown", type=Path, default=None, help="also write the table as Markdown to this file")
     args = p.parse_args(argv)
     unknown = [r for r in _split(args.only) if r not in ROWS]

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Row 8 of issue 8, and the flow rows, on a GPU machine. Writes JSON into
+# The GPU rows of docs/benchmarks.md, and the flow rows, on a GPU machine. Writes JSON into
 # "$OUT" (default ./bench-out/gpu) that `python -m benchmarks --include-json`
 # merges into the CPU table:
 #   OUT=/tmp/gpu sh benchmarks/gpu_bench.sh

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The GPU guard's proof on a GPU machine (issue 3): the `gpu`-marked tests in
+# The GPU guard's proof on a GPU machine: the `gpu`-marked tests in
 # tests/gpu (preflight visible/hidden, each RMM policy in a real kernel, the
 # notebooks whose own RMM cell would crash, telemetry, scRNA at lite size with
 # the RMM pool on and off). Installs nothing: gpuflow is used from the source

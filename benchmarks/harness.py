@@ -250,7 +250,7 @@ def table(lines: Sequence[Line]) -> str:
         for ln in lines
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows]
     out.insert(1, "  ".join("-" * w for w in widths))
     notes = [f"  [{ln.row} {ln.case}] {ln.note}" for ln in lines if ln.note]
     return "\n".join(out + (["", "notes:"] + notes if notes else []))

@@ -17,15 +17,15 @@ SUITE = ROOT / "examples" / "notebook-tests"
 WORKFLOW = """set -e
 nb="$1"; suite="$2"; work="$3"; stem="$(basename "$nb" .ipynb)"
 cd "$work"
-papermill "$nb" "${stem}_output.ipynb" %(flags)s 2>&1 | tee papermill.log
-jupyter nbconvert --to html "${stem}_output.ipynb" --output "${stem}_output" --output-dir . > jupyter_nbconvert.log 2>&1
+papermill "$nb" "${{stem}}_output.ipynb" {flags} 2>&1 | tee papermill.log
+jupyter nbconvert --to html "${{stem}}_output.ipynb" --output "${{stem}}_output" --output-dir . > jupyter_nbconvert.log 2>&1
 cp -r "$suite" test-repo
 rm -rf test-repo/input/*; mkdir -p test-repo/input
-cp "${stem}_output.html" test-repo/input/
+cp "${{stem}}_output.html" test-repo/input/
 cd test-repo
 pytest -m single_cell --cov=./ --cov-report=xml:../coverage.xml --junitxml=../pytest_results.xml \\
   --html=../pytest_report.html --self-contained-html -p no:cacheprovider 2>&1 | tee ../pytest_output.log
-""" % {"flags": " ".join(PAPERMILL_FLAGS)}
+""".format(flags=" ".join(PAPERMILL_FLAGS))
 
 
 def _fresh(path: Path) -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from benchmarks.fixtures import TAG, RangeServer, big_repo, random_file
 from benchmarks.harness import (
-    BenchFailure, Config, Line, Side, gpuflow_cmd, measure, module_missing, timed,
+    BenchFailure,
+    Config,
+    Line,
+    Side,
+    gpuflow_cmd,
+    measure,
+    module_missing,
+    timed,
 )
 
 MiB = 1024 * 1024

@@ -9,7 +9,17 @@ from pathlib import Path
 
 from benchmarks import notebooks
 from benchmarks.harness import (
-    ROOT, VENV_BIN, Config, Line, Side, child_env, compare, gpuflow_cmd, measure, missing_line, module_missing,
+    ROOT,
+    VENV_BIN,
+    Config,
+    Line,
+    Side,
+    child_env,
+    compare,
+    gpuflow_cmd,
+    measure,
+    missing_line,
+    module_missing,
 )
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "single-cell-analysis-blueprint"

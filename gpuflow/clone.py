@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuflow import backup as backups
-from gpuflow import cli
-from gpuflow.errors import AuthError, CloneError, ConfigError, InfraError, InputError
-from gpuflow.fsutil import write_results
-from gpuflow.log import add_secret, log, redact
-from gpuflow.retry import Backoff, with_retries
+from gpuflow.core import backup as backups
+from gpuflow.core import cli
+from gpuflow.core.errors import AuthError, CloneError, ConfigError, InfraError, InputError
+from gpuflow.core.fsutil import write_results
+from gpuflow.core.log import add_secret, log, redact
+from gpuflow.core.retry import Backoff, with_retries
 
 if TYPE_CHECKING:
     import git
@@ -353,7 +353,6 @@ def _classify(exc: Any) -> InfraError:
     return CloneError(f"git failed: {detail}")
 
 
-# -- CLI ------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="https://, ssh, file:// URL or a local path")
     p.add_argument("dest", type=Path, help="where to check out; an existing DEST is backed up")
@@ -377,7 +376,7 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     results: dict[str, str] = {"commit-sha": "", "url": redact(strip_credentials(args.url)),
                                "backup-path": "", "clone-status": "failed"}
     try:
-        # the results and record land beside the checkout, never inside what it replaces (issue 9)
+        # the results and record land beside the checkout, never inside what it replaces
         backups.refuse_unsafe(args.dest, keep=[d for d in (args.results_dir, args.record_dir) if d is not None])
         result = clone(args.url, args.dest, revision=args.revision, depth=args.depth, submodules=args.submodules,
                        sparse=args.sparse, retries=args.retries, backoff=args.backoff, backup=not args.no_backup,

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuflow import cli, errors, tables
-from gpuflow.cachedir import cache_dir
-from gpuflow.fsutil import atomic_write_text
-from gpuflow.log import log
+from gpuflow.core import cli, errors, tables
+from gpuflow.core.cachedir import cache_dir
+from gpuflow.core.fsutil import atomic_write_text
+from gpuflow.core.log import log
 
 LOG_NAME = "jupyter_nbconvert.log"
 

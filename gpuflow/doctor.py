@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuflow import cli, proc
-from gpuflow.errors import ConfigError, NoGPUError
+from gpuflow.core import cli, proc
+from gpuflow.core.errors import ConfigError, NoGPUError
 
 PACKAGES = ("papermill", "nbconvert", "nbclient", "ipykernel", "rmm", "rmm-cu12", "rmm-cu13",
             "cupy", "cupy-cuda12x", "cupy-cuda13x", "nvidia-ml-py", "anndata", "scanpy")
@@ -72,7 +72,7 @@ def _tool(name: str, version_args: Sequence[str], exe: str | None = None) -> Fac
         return Fact(name=name, value="not found", ok=name != "pip", hint="" if name != "pip" else
                     "pip is missing: `python -m ensurepip` or install python3-pip")
     try:
-        out = proc.run([exe, *version_args], timeout=30, check=False, echo=False)
+        out = proc.call([exe, *version_args], timeout=30, check=False, echo=False)
         text = (out.stdout or out.stderr).strip().splitlines()
     except Exception as exc:  # a broken tool is a fact too
         text = [f"failed: {exc}"]
@@ -188,7 +188,7 @@ def gpu_facts(gpu: dict[str, Any], require: bool) -> list[Fact]:
 
 def doctor(*, workspace: Path | None = None, gpu: bool = True, require_gpu: bool = False) -> DoctorReport:
     """Gather every fact; never raises for a missing piece (that is a fact)."""
-    from gpuflow import gpu as _gpu
+    from gpuflow.gpu import devices as _gpu
 
     gpu_info = _gpu.detect() if gpu else {}
     facts = python_facts() + package_facts() + kernel_facts() + user_facts(workspace or Path.cwd())
@@ -211,7 +211,7 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     else:
         print(report.table())
     if args.gpu == "require" and not report.gpu.get("visible"):
-        from gpuflow.gpu import missing_line
+        from gpuflow.gpu.devices import missing_line
 
         raise NoGPUError(missing_line(report.gpu))
     problems = [f.name for f in report.facts if f.required and not f.ok]

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gpuflow import cache, cli
-from gpuflow.errors import AuthError, ChecksumError, ConfigError, DownloadError, InfraError, InputError
-from gpuflow.fsutil import atomic_write_text
-from gpuflow.log import add_secret, log, redact
-from gpuflow.progress import Progress
-from gpuflow.retry import Backoff, with_retries
+from gpuflow.core import cli, download_cache
+from gpuflow.core.errors import AuthError, ChecksumError, ConfigError, DownloadError, InfraError, InputError
+from gpuflow.core.fsutil import atomic_write_text
+from gpuflow.core.log import add_secret, log, redact
+from gpuflow.core.progress import Progress
+from gpuflow.core.retry import Backoff, with_retries
 
 CHUNK = 1 << 20
 
@@ -144,9 +144,9 @@ def download(
                 _discard(part)
                 raise ChecksumError(f"{again} ({redact(url)}), also after a fresh download") from None
         os.replace(part, dest)
-        cache.sidecar(part).unlink(missing_ok=True)
+        download_cache.sidecar(part).unlink(missing_ok=True)
     if cache_dir is not None:
-        cache.store(dest, cache.entry_for(cache_dir, url, expect.sha256 or expect.md5), url,
+        download_cache.store(dest, download_cache.entry_for(cache_dir, url, expect.sha256 or expect.md5), url,
                     digests.sha256.hexdigest())
     source = "resumed" if stats["resumed_from"] else "network"
     return _result(dest, digests, source, start, stats["transferred"])
@@ -201,17 +201,17 @@ def _from_disk(url: str, dest: Path, expect: _Expect, cache_dir: Path | None) ->
             return digests
     if cache_dir is None:
         return None
-    entry = cache.entry_for(cache_dir, url, expect.sha256 or expect.md5)
+    entry = download_cache.entry_for(cache_dir, url, expect.sha256 or expect.md5)
     if not entry.is_file():
         return None
-    check = _Expect(expect.sha256 or cache.recorded_sha256(entry), expect.md5, expect.size)
+    check = _Expect(expect.sha256 or download_cache.recorded_sha256(entry), expect.md5, expect.size)
     digests = _digest_file(entry, check)
     problem = digests.problem(check) if check.sha256 else "no recorded checksum"
     if problem is not None:
         log.warning(f"cache entry {entry} is corrupt ({problem}); replacing it")
-        cache.evict(entry)
+        download_cache.evict(entry)
         return None
-    cache.link_or_copy(entry, dest)
+    download_cache.link_or_copy(entry, dest)
     log.info(f"cache hit: {entry} -> {dest}")
     return digests
 
@@ -225,7 +225,7 @@ def _fetch(url: str, part: Path, headers: Mapping[str, str], timeout: float, exp
     request = urllib.request.Request(url, headers=dict(headers))
     if offset:
         request.add_header("Range", f"bytes={offset}-")
-        validator = cache.read_json(cache.sidecar(part)).get("validator")
+        validator = download_cache.read_json(download_cache.sidecar(part)).get("validator")
         if validator:
             request.add_header("If-Range", validator)  # changed upstream: the server sends it all again
     try:
@@ -243,7 +243,7 @@ def _fetch(url: str, part: Path, headers: Mapping[str, str], timeout: float, exp
             offset, digests = 0, _Digests(bool(expect.md5))
         if offset == 0:
             validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-            atomic_write_text(cache.sidecar(part), json.dumps({"url": redact(url), "validator": validator}))
+            atomic_write_text(download_cache.sidecar(part), json.dumps({"url": redact(url), "validator": validator}))
         else:
             log.info(f"resuming at byte {offset}")
         stats["resumed_from"] = offset
@@ -286,7 +286,7 @@ def _stream(response: Any, out: IO[bytes], digests: _Digests, stats: dict[str, i
 def _resumable_offset(url: str, part: Path) -> int:
     if not part.is_file():
         return 0
-    if cache.read_json(cache.sidecar(part)).get("url") != redact(url):
+    if download_cache.read_json(download_cache.sidecar(part)).get("url") != redact(url):
         _discard(part)  # a leftover from another URL: not ours to continue
         return 0
     return part.stat().st_size
@@ -324,10 +324,9 @@ def _digest_file(path: Path, expect: _Expect) -> _Digests:
 
 def _discard(part: Path) -> None:
     part.unlink(missing_ok=True)
-    cache.sidecar(part).unlink(missing_ok=True)
+    download_cache.sidecar(part).unlink(missing_ok=True)
 
 
-# -- CLI ------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", help="http(s):// or file:// URL")
     p.add_argument("dest", type=Path, help="the file to write (DEST.part while downloading)")

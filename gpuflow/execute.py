@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow import cli, errors, prepare, runner
-from gpuflow import guard as _guard
-from gpuflow import kernel as _kernel
-from gpuflow.log import log
-from gpuflow.nblog import run_logger
-from gpuflow.params import parameters_from_args
+from gpuflow.core import cli, errors
+from gpuflow.core.log import log
+from gpuflow.gpu import guard as _guard
+from gpuflow.notebook import engine, prepare
+from gpuflow.notebook import kernel as _kernel
+from gpuflow.notebook.nblog import run_logger
+from gpuflow.notebook.params import parameters_from_args
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +95,7 @@ def execute_notebook(
     )
     if prepare_only:
         log.info(f"prepared (not executed): {report.summary()}")
-        runner.write_notebook(nb, output_path)
+        engine.write_notebook(nb, output_path)
         return replace(base, duration_s=round(time.monotonic() - t0, 3))
     kernel_env = _kernel.kernel_env(env, pass_env)
     # the step folds the long kernel log on GitHub Actions; bad input never gets here
@@ -104,15 +105,15 @@ def execute_notebook(
         hidden = _kernel.withheld(env, pass_env)
         if hidden:
             logger.info(f"Kept from the kernel (look like secrets; --pass-env NAME passes one): {', '.join(hidden)}")
-        stop: runner.Stop | None = None
-        nb_man = runner.manager(nb, output_path, logger, bar)
+        stop: engine.Stop | None = None
+        nb_man = engine.manager(nb, output_path, logger, bar)
         try:  # whatever happens, what ran is saved
             nb_man.notebook_start()
             try:
                 with _guard.telemetry(opts, output_path.parent / "telemetry.json"):
-                    stop = runner.run(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
+                    stop = engine.run_cells(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
             except errors.Stopped as exc:  # a signal before the kernel was up
-                stop = runner.Stop(type(exc), str(exc), None, str(exc).replace("{", "(").replace("}", ")"))
+                stop = engine.Stop(type(exc), str(exc), None, str(exc).replace("{", "(").replace("}", ")"))
             finally:
                 nb_man.cleanup_pbar()
                 nb_man.notebook_complete()
@@ -121,14 +122,14 @@ def execute_notebook(
             if stop is not None:
                 _add_banner(nb, stop)
         finally:
-            runner.write_notebook(nb, output_path)
+            engine.write_notebook(nb, output_path)
         result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
         if stop is not None:
             _raise_for(stop, nb, origin, result)  # inside the step, so that it reads "failed"
     return result
 
 
-def _raise_for(stop: runner.Stop, nb: Any, origin: dict[Any, int], result: ExecuteResult) -> None:
+def _raise_for(stop: engine.Stop, nb: Any, origin: dict[Any, int], result: ExecuteResult) -> None:
     """Raise the stop's exception with its one-line message and the result."""
     failed = _input_index(nb, stop.cell, origin)
     where = _where(nb, stop.cell, failed)
@@ -167,7 +168,7 @@ def _papermill_metadata(
     nb = prepare_notebook_metadata(nb, str(input_path), str(output_path), report_mode)
     return remove_error_markers(nb)
 
-def _cell_error(nb: Any) -> runner.Stop | None:
+def _cell_error(nb: Any) -> engine.Stop | None:
     """The first cell error output, as papermill's raise_for_execution_errors finds it."""
     for index, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []):
@@ -176,7 +177,7 @@ def _cell_error(nb: Any) -> runner.Stop | None:
             if out.get("ename") == "SystemExit" and out.get("evalue") in ("", "0"):
                 continue
             what = f"{out.get('ename')}: {_plain(out.get('evalue', ''))}".replace("{", "{{").replace("}", "}}")
-            return runner.Stop(errors.CellError, "{where} raised " + what, index, "")
+            return engine.Stop(errors.CellError, "{where} raised " + what, index, "")
     return None
 
 
@@ -184,7 +185,7 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0] if text.strip() else ""
 
 
-def _add_banner(nb: Any, stop: runner.Stop) -> None:
+def _add_banner(nb: Any, stop: engine.Stop) -> None:
     """papermill's error banner: a red line at the top linking to an anchor
     cell before the failing cell. Timeouts and dead kernels get the same kind
     of banner, saying why execution stopped (papermill gives none)."""

@@ -21,13 +21,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gpuflow import cli, errors, proc, runreport
-from gpuflow import config as cfgmod
-from gpuflow.flowsteps import Flow, NotebookJob, NotebookResult, TestBase, in_process, run_notebook
-from gpuflow.fsutil import atomic_write_text, contained
-from gpuflow.log import log, redact
-from gpuflow.runreport import RunResult
-from gpuflow.schedule import Pool, Slot, slots_for
+from gpuflow.core import cli, errors, proc
+from gpuflow.core.fsutil import atomic_write_text, contained
+from gpuflow.core.log import log, redact
+from gpuflow.flow import config as cfgmod
+from gpuflow.flow import report as run_report
+from gpuflow.flow.notebook import Flow, NotebookJob, NotebookResult, TestBase, in_process, run_notebook
+from gpuflow.flow.report import RunResult
+from gpuflow.flow.schedule import Pool, Slot, slots_for
 
 WORK = ".work"
 
@@ -44,7 +45,7 @@ def run_flow(
 
 def _warm_convert() -> None:
     # off the critical path: the notebooks execute in child processes while
-    # this thread imports nbconvert and compiles its template (issue 6)
+    # this thread imports nbconvert and compiles its template
     def warm() -> None:
         from gpuflow.convert import warm as warm_convert
 
@@ -85,7 +86,7 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [])
         test_base: Future[TestBase] | None = None
         if cfg.test_repo:
-            test_base = executor.submit(_prepare_test_base, cfg, run_dir)
+            test_base = executor.submit(_fetch_test_repo, cfg, run_dir)
         flow = Flow(config=cfg, run_dir=run_dir, resume=resume, repo=repo_dir, test_base=test_base,
                     background=executor, testers=testers)
         pool = Pool(slots=slots, work=lambda job, slot: run_notebook(flow, job, slot),
@@ -115,10 +116,10 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         testers.shutdown(wait=False, cancel_futures=True)
     makespan = round(time.monotonic() - t0, 3)
     codes += [r.exit_code for r in results] + ([stopped.exit_code] if stopped else [])
-    slot_report = runreport.slot_report(slots, pool, makespan, results, run_dir)
+    slot_report = run_report.slot_report(slots, pool, makespan, results, run_dir)
     result = RunResult(run_dir=run_dir, exit_code=errors.worst(codes), notebooks=results,
                        makespan_s=makespan, slots=slot_report, index_html=None, stopped=stopped, error=error)
-    return runreport.write_run_summary(result, cfg)
+    return run_report.finish_run(result, cfg)
 
 
 def _run_level(run_dir: Path, step: str, fn: Any) -> Any:
@@ -142,7 +143,7 @@ def _run_level(run_dir: Path, step: str, fn: Any) -> Any:
 
 
 def _preflight(cfg: cfgmod.FlowConfig) -> dict[str, Any]:
-    from gpuflow import guard
+    from gpuflow.gpu import guard
 
     opts = guard.GuardOptions(gpu=cfg.gpu, rmm=cfg.rmm, rmm_pool_size=cfg.rmm_pool_size, lite=cfg.lite,
                               max_cells=cfg.max_cells, max_genes=cfg.max_genes, seed=cfg.seed)
@@ -174,15 +175,15 @@ def _datasets(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> dict[str
     return {"datasets": got}
 
 
-def _prepare_test_base(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
+def _fetch_test_repo(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
     """Fetch the test repo and prepare its environment, once per run."""
-    from gpuflow.stage import prepare_repo
-    from gpuflow.test import prepare_env
+    from gpuflow.stage import fetch_repo
+    from gpuflow.test import python_for
 
     def prepare() -> dict[str, Any]:
         base = run_dir / WORK / "test-repo"
-        prepare_repo(cfg.test_repo, base, token_env=cfg.token_env)
-        box["base"] = TestBase(repo=base, python=prepare_env(base))
+        fetch_repo(cfg.test_repo, base, token_env=cfg.token_env)
+        box["base"] = TestBase(repo=base, python=python_for(base))
         return {"repo": str(base), "python": box["base"].python}
 
     box: dict[str, TestBase] = {}
@@ -251,7 +252,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
 
 def _save_config(run_dir: Path, resolved: cfgmod.Resolved) -> None:
     data = {"config": resolved.config.to_dict(), "sources": resolved.sources}
-    # a token pasted into a repo URL must not land in the artifacts (issue 9)
+    # a token pasted into a repo URL must not land in the artifacts
     atomic_write_text(run_dir / "config.json", redact(json.dumps(data, indent=2)))
 
 
@@ -289,7 +290,7 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     log.info(f"run directory: {run_dir}")
     result = run_flow(resolved, run_dir=run_dir, resume=args.resume is not None,
                       reconfigure=lambda repo: _resolve(args, env, repo))
-    print(runreport.status_table(result))
+    print(run_report.status_table(result))
     print(f"index.html: {result.index_html or '(none)'}")
     if result.stopped is not None:
         raise result.stopped

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuflow import cli, errors, tables
-from gpuflow.fsutil import atomic_path, clear_contents, contained
-from gpuflow.log import log
+from gpuflow.core import cli, errors, tables
+from gpuflow.core.fsutil import atomic_path, clear_contents, contained
+from gpuflow.core.log import log
 
 # left in a directory we copied, so that a later run may replace it
 COPY_MARKER = ".gpuflow-copy"
@@ -47,7 +47,7 @@ class StageResult:
         return tables.dataclass_table(self)
 
 
-def prepare_repo(
+def fetch_repo(
     repo: str, dest: Path, *, revision: str | None = None, token_env: str | None = None,
 ) -> RepoResult:
     """Get the test repo into `dest`: clone a URL (or a local repo at a
@@ -108,13 +108,13 @@ def stage(
     html: Path, repo: str, dest: Path, *, input_dir: str = "input", name: str | None = None,
     revision: str | None = None, token_env: str | None = None,
 ) -> StageResult:
-    """Get the test repo (`prepare_repo`) and place the HTML in it (`place_html`)."""
+    """Get the test repo (`fetch_repo`) and place the HTML in it (`place_html`)."""
     t0 = time.monotonic()
     if not Path(html).is_file():
         raise errors.InputError(f"{html}: no such HTML file")
     # refuse an escaping name before spending a clone on it
     contained(Path(dest) / input_dir, name if name is not None else Path(html).name)
-    got = prepare_repo(repo, dest, revision=revision, token_env=token_env)
+    got = fetch_repo(repo, dest, revision=revision, token_env=token_env)
     target = place_html(html, dest, input_dir=input_dir, name=name)
     return StageResult(html=Path(html), repo=repo, dest=Path(dest), target=target,
                        commit=got.commit, duration_s=round(time.monotonic() - t0, 3))

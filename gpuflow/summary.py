@@ -12,13 +12,15 @@ import json
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpuflow import cli, errors, fsutil, record, tables
-from gpuflow.fsutil import atomic_write_text, sha256_file
-from gpuflow.log import log
+from gpuflow.core import cli, errors, fsutil, record
+from gpuflow.core.fsutil import atomic_write_text, sha256_file
+from gpuflow.core.log import log
+from gpuflow.report.junit import parse_junit
+from gpuflow.report.model import Summary
 
 OUTPUTS = ("summary.json", "STEP_SUMMARY.md", "index.html")
 EXPECTED_STEPS = ("execute", "convert", "stage", "test")
@@ -28,29 +30,6 @@ TEST_FILES = ("coverage.xml", "pytest_results.xml", "pytest_report.html", "pytes
 FILE_KEYS = ("output", "html", "log")
 MIB = 1 << 20
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Summary:
-    title: str
-    status: str  # "success" | "failed"
-    exit_code: int
-    steps: list[dict[str, Any]]
-    tests: dict[str, Any] | None
-    notebook: dict[str, Any]
-    gpu: dict[str, Any] | None
-    artifacts: list[dict[str, Any]]
-    missing: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return f"{self.title}: {self.status} (exit {self.exit_code})"
-
-    def _repr_html_(self) -> str:
-        rows = [(s["name"], s["status"], s["exit_code"], s["duration_s"], s["error"]) for s in self.steps]
-        return tables.table(rows, header=("step", "status", "exit", "seconds", "error"), caption=str(self))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, default=str)
 
 
 def _step_row(rec: record.StepRecord) -> dict[str, Any]:
@@ -71,8 +50,6 @@ def _steps(records: list[record.StepRecord]) -> tuple[list[dict[str, Any]], list
 
 
 def _tests(artifact_dir: Path) -> dict[str, Any] | None:
-    from gpuflow.test import parse_junit  # gpuflow.test imports nothing heavy
-
     junit = artifact_dir / "pytest_results.xml"
     if not junit.is_file():
         return None
@@ -98,7 +75,7 @@ def _notebook(records: list[record.StepRecord]) -> dict[str, Any]:
 
 def gpu_facts(path: Path) -> dict[str, Any] | None:
     """GPU name, peak memory and mean utilisation from telemetry.json (the
-    schema `gpuflow.telemetry.summarize` writes), plus the memory series in
+    schema `gpuflow.gpu.telemetry.summarize` writes), plus the memory series in
     MiB for the chart. None when there is no (readable) telemetry."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -191,13 +168,13 @@ def build_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
 def write_summary(artifact_dir: Path, *, title: str | None = None, append: bool = True) -> Summary:
     """Write summary.json, STEP_SUMMARY.md and index.html into `artifact_dir`;
     append the Markdown to $GITHUB_STEP_SUMMARY when it is set (and `append`)."""
-    from gpuflow import summary_render
+    from gpuflow.report import render
 
     summary = build_summary(artifact_dir, title=title)
-    markdown = summary_render.markdown(summary)
+    markdown = render.markdown(summary)
     atomic_write_text(Path(artifact_dir) / "summary.json", summary.to_json())
     atomic_write_text(Path(artifact_dir) / "STEP_SUMMARY.md", markdown)
-    atomic_write_text(Path(artifact_dir) / "index.html", summary_render.page(summary, Path(artifact_dir)))
+    atomic_write_text(Path(artifact_dir) / "index.html", render.page(summary, Path(artifact_dir)))
     if append:
         append_step_summary(markdown)
     return summary
@@ -214,7 +191,7 @@ def write_run_summary(run_dir: Path, *, title: str | None = None,
                       pipeline_status: str | None = None) -> Summary:
     """Summarise each per-notebook dir of `run_dir`, then the run as a whole:
     a table of notebooks with their status and links."""
-    from gpuflow import summary_render
+    from gpuflow.report import render
 
     run_dir = Path(run_dir)
     # no run dir at all (the clone failed before any notebook ran) is a failed run, not a crash
@@ -233,11 +210,11 @@ def write_run_summary(run_dir: Path, *, title: str | None = None,
     summary = Summary(title=title or "gpuflow run", status="success" if code == 0 else "failed",
                       exit_code=code, steps=steps, tests=None, notebook={}, gpu=None, artifacts=[],
                       missing=missing)
-    markdown = summary_render.run_markdown(summary, parts)
+    markdown = render.run_markdown(summary, parts)
     atomic_write_text(run_dir / "summary.json", json.dumps(
         {**asdict(summary), "notebooks": {n: asdict(s) for n, s in parts}}, indent=2, default=str))
     atomic_write_text(run_dir / "STEP_SUMMARY.md", markdown)
-    atomic_write_text(run_dir / "index.html", summary_render.run_page(summary, parts))
+    atomic_write_text(run_dir / "index.html", render.run_page(summary, parts))
     # the run table first, then each notebook's details
     append_step_summary("\n".join([markdown, *((d / "STEP_SUMMARY.md").read_text(encoding="utf-8")
                                               for d in dirs)]))

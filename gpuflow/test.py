@@ -21,41 +21,22 @@ import argparse
 import functools
 import hashlib
 import os
-import re
 import shutil
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuflow import cli, errors, proc, tables
-from gpuflow.cachedir import cache_dir
-from gpuflow.log import log
+from gpuflow.core import cli, errors, proc, tables
+from gpuflow.core.cachedir import cache_dir
+from gpuflow.core.log import log
+from gpuflow.report.junit import TestCounts, parse_junit
 
 PLUGINS = {"pytest_cov": "pytest-cov", "pytest_html": "pytest-html"}
 REQUIREMENT_FILES = ("requirements.txt", "requirements-test.txt", "requirements-dev.txt")
 OUTPUTS = ("coverage.xml", "pytest_results.xml", "pytest_report.html", "pytest_output.log")
-XPASS_MESSAGE = "xfail-marked test passes unexpectedly"
 GATE_PLUGIN = "gpuflow_pytest_gate"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TestCounts:
-    passed: int = 0
-    failed: int = 0
-    errors: int = 0
-    skipped: int = 0
-    xfailed: int = 0
-    xpassed: int = 0
-    failing: tuple[str, ...] = ()
-
-    __test__ = False  # not a pytest test class
-
-    @property
-    def total(self) -> int:
-        return self.passed + self.failed + self.errors + self.skipped + self.xfailed + self.xpassed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,50 +75,6 @@ class TestResult(TestCounts):
                                     "usage or collection error, see pytest_output.log")
         exc.details = self.details()
         raise exc
-
-
-def parse_junit(path: Path, output: str = "") -> TestCounts:
-    """Counts from pytest's JUnit XML. pytest writes an xfail as
-    `<skipped type="pytest.xfail">`, and a non-strict xpass as a plain pass:
-    the xpass count comes from pytest's final summary line in `output`."""
-    try:
-        root = ET.parse(path).getroot()
-    except (OSError, ET.ParseError) as exc:
-        raise errors.InputError(f"{path}: cannot read JUnit XML: {exc}") from None
-    counts = dict.fromkeys(("passed", "failed", "errors", "skipped", "xfailed", "xpassed"), 0)
-    failing: list[str] = []
-    for case in root.iter("testcase"):
-        kind = _case_kind(case)
-        counts[kind] += 1
-        if kind in ("failed", "errors"):
-            classname, name = case.get("classname", ""), case.get("name", "")
-            failing.append(f"{classname}::{name}" if classname else name)
-    summary_xpassed = _summary_count(output, "xpassed")
-    moved = max(0, min(summary_xpassed - counts["xpassed"], counts["passed"]))
-    counts["passed"] -= moved
-    counts["xpassed"] += moved
-    return TestCounts(**counts, failing=tuple(failing))
-
-
-def _case_kind(case: ET.Element) -> str:
-    if case.find("failure") is not None:
-        return "failed"
-    if case.find("error") is not None:
-        return "errors"
-    skipped = case.find("skipped")
-    if skipped is None:
-        return "passed"
-    if skipped.get("type") == "pytest.xfail":
-        return "xfailed"
-    if skipped.get("message") == XPASS_MESSAGE:
-        return "xpassed"
-    return "skipped"
-
-
-def _summary_count(output: str, word: str) -> int:
-    lines = [ln for ln in output.splitlines() if ln.startswith("=") and " in " in ln]
-    match = re.search(rf"(\d+) {word}\b", lines[-1]) if lines else None
-    return int(match.group(1)) if match else 0
 
 
 def _is_poetry(repo_dir: Path) -> bool:
@@ -188,7 +125,7 @@ def satisfied(requirement_files: Sequence[Path]) -> bool:
 
 def _install(cmd: list[str], cwd: Path | None = None) -> None:
     try:
-        proc.run(cmd, cwd=cwd, on_line=log.raw)
+        proc.call(cmd, cwd=cwd, on_line=log.raw)
     except errors.CommandError as exc:
         raise errors.InfraError(f"installing the test environment failed: {exc}") from None
 
@@ -211,20 +148,20 @@ def _venv(repo_dir: Path, files: list[Path]) -> str:
 @functools.lru_cache(maxsize=8)
 def _missing_plugins(python: str) -> list[str]:
     # one probe per interpreter and process: `gpuflow run` tests many notebooks with one env
-    found = proc.run([python, "-c", "import importlib.util as u, sys; "
+    found = proc.call([python, "-c", "import importlib.util as u, sys; "
                       f"print(' '.join(m for m in {list(PLUGINS)!r} if u.find_spec(m) is None))"],
                      echo=False)
     return [PLUGINS[m] for m in found.stdout.split()]
 
 
-def prepare_env(repo_dir: Path, *, install: bool = True, python: str | None = None) -> str:
+def python_for(repo_dir: Path, *, install: bool = True, python: str | None = None) -> str:
     """The interpreter to run `repo_dir`'s tests with, installing what is needed."""
     repo_dir = Path(repo_dir)
     if python is not None or not install:
         return python or sys.executable
     if _is_poetry(repo_dir) and proc.which("poetry"):
         _install(["poetry", "install", "--no-interaction", "--no-root"], cwd=repo_dir)
-        chosen = proc.run(["poetry", "env", "info", "--executable"], cwd=repo_dir).stdout.strip()
+        chosen = proc.call(["poetry", "env", "info", "--executable"], cwd=repo_dir).stdout.strip()
     elif satisfied(_requirement_files(repo_dir)):
         chosen = sys.executable
     else:
@@ -248,7 +185,7 @@ def pytest_command(python: str, marker: str, out_dir: Path, plugins_missing: Seq
 def gate_env(gate: Path) -> dict[str, str]:
     """The environment that makes pytest wait at `gate` (see gpuflow/_pytest_gate.py):
     a copy of the plugin beside the gate, on PYTHONPATH, so the test env needs no gpuflow."""
-    from gpuflow import _pytest_gate
+    from gpuflow._embedded import pytest_gate as _pytest_gate
 
     plugin_dir = gate.parent / "pytest-plugin"
     plugin_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +207,7 @@ def run_tests(
     if not repo_dir.is_dir():
         raise errors.InputError(f"{repo_dir}: no such test repo")
     t0 = time.monotonic()
-    chosen = prepare_env(repo_dir, install=install, python=python)
+    chosen = python_for(repo_dir, install=install, python=python)
     missing = _missing_plugins(chosen)
     for plugin in missing:
         log.warning(f"{plugin} is not installed for {chosen}: its report is skipped")
@@ -282,7 +219,7 @@ def run_tests(
     if gate is not None:
         cmd, env = [*cmd, "-p", GATE_PLUGIN], gate_env(gate)
     with open(out_dir / "pytest_output.log", "w", encoding="utf-8") as tee:
-        done = proc.run(cmd, cwd=repo_dir, check=False, env=env, tee=tee, on_line=log.raw)
+        done = proc.call(cmd, cwd=repo_dir, check=False, env=env, tee=tee, on_line=log.raw)
     counts = parse_junit(junit, done.stdout) if junit.is_file() else TestCounts()
     code = {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)
     return TestResult(**vars(counts), exit_code=code, out_dir=out_dir, python=chosen,

@@ -1,5 +1,5 @@
 """The benchmark harness in quick mode: it runs, prints one table, and writes
-JSON of the agreed shape. Figures are not asserted (issue 8: performance is
+JSON of the agreed shape. Figures are not asserted (performance is
 measured in benchmarks, not in timed tests)."""
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow import cli, errors, fsutil, proc, record
-from gpuflow.log import Logger, add_secret, redact
+from gpuflow.core import cli, errors, fsutil, proc, record
+from gpuflow.core.log import Logger, add_secret, redact
 
 
 def test_exit_codes_are_unique_per_family_and_documented() -> None:
@@ -139,26 +139,26 @@ def test_clear_contents_never_follows_symlinks(tmp_path: Path) -> None:
 
 
 def test_proc_run_captures_and_raises(tmp_path: Path) -> None:
-    done = proc.run([sys.executable, "-c", "print('hi')"])
+    done = proc.call([sys.executable, "-c", "print('hi')"])
     assert done.stdout.strip() == "hi"
     with pytest.raises(errors.CommandError) as info:
-        proc.run([sys.executable, "-c", "import sys; sys.exit(3)"])
+        proc.call([sys.executable, "-c", "import sys; sys.exit(3)"])
     assert info.value.returncode == 3 and "return code: 3" in info.value.report()
     with pytest.raises(errors.UsageError, match="not found on PATH"):
-        proc.run(["gpuflow-no-such-program"])
+        proc.call(["gpuflow-no-such-program"])
 
 
 def test_proc_timeout_kills_the_process_group() -> None:
     code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
     with pytest.raises(errors.CommandError) as info:
-        proc.run([sys.executable, "-c", code], timeout=1)
+        proc.call([sys.executable, "-c", code], timeout=1)
     assert info.value.returncode == 124
 
 
 def test_sigterm_becomes_143_via_subprocess(tmp_path: Path) -> None:
     script = tmp_path / "step.py"
     script.write_text(
-        "import time\nfrom gpuflow import cli\n"
+        "import time\nfrom gpuflow.core import cli\n"
         "def impl(a):\n    print('ready', flush=True)\n    time.sleep(30)\n    return 0\n"
         "p = cli.parser('gpuflow.demo', 'x')\n"
         f"raise SystemExit(cli.run_cli('gpuflow.demo', p, ['--record-dir', {str(tmp_path)!r}], impl, step='demo'))\n"

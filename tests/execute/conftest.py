@@ -52,6 +52,6 @@ def _no_guard_cell(monkeypatch: pytest.MonkeyPatch) -> None:
     # These tests are about execution (exit codes, saves, signals) and count
     # cells and execution numbers; the injected GPU guard cell, on by default
     # since the guard landed, has its own tests in tests/gpu_guard.
-    from gpuflow import guard
+    from gpuflow.gpu import guard
 
     monkeypatch.setattr(guard, "setup_cell_source", lambda opts, facts: None)

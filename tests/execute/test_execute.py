@@ -14,7 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from gpuflow import errors, execute, prepare
+from gpuflow import execute
+from gpuflow.core import errors
+from gpuflow.notebook import prepare
 from tests.execute.conftest import ROOT, MakeNotebook, last_line, read
 
 PID_CELL = "import os, pathlib, time\npathlib.Path({pidfile!r}).write_text(str(os.getpid()))\ntime.sleep(60)"

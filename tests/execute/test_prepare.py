@@ -7,7 +7,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from gpuflow import errors, execute, guard, kernel, params, prepare
+from gpuflow import execute
+from gpuflow.core import errors
+from gpuflow.gpu import guard
+from gpuflow.notebook import kernel, params, prepare
 from tests.execute.conftest import MakeNotebook, build_notebook, read
 
 BLUEPRINT_SHUTDOWN = (

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow import config, errors
+from gpuflow.core import errors
+from gpuflow.flow import config
 from gpuflow.run import main
 
 
@@ -89,7 +90,7 @@ def test_importing_run_stays_light() -> None:
     import sys
 
     heavy = ["papermill", "nbconvert", "nbclient", "jupyter_client", "git", "cupy", "rmm"]
-    code = ("import sys, gpuflow.run, gpuflow.config, gpuflow.flowsteps, gpuflow.schedule, gpuflow.resume; "
+    code = ("import sys, gpuflow.run, gpuflow.flow.config, gpuflow.flow.notebook, gpuflow.flow.schedule, gpuflow.flow.resume; "
             f"print([m for m in {heavy!r} if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -157,7 +157,7 @@ def test_a_signal_stops_the_kernel_writes_summaries_and_exits(tmp_path: Path, te
 @pytest.mark.slow
 def test_embedded_default_runs_the_bundled_notebook_and_suite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from gpuflow import config
+    from gpuflow.flow import config
 
     if not (config.PROJECT_ROOT / config.BUNDLED_NOTEBOOK).is_file() or not config.BUNDLED_TESTS.is_dir():
         pytest.skip("the bundled notebook or test suite is not merged yet")

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from gpuflow import errors
-from gpuflow.schedule import Pool, Slot, slots_for
+from gpuflow.core import errors
+from gpuflow.flow.schedule import Pool, Slot, slots_for
 
 
 def test_slots() -> None:

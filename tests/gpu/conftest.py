@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from gpu_helpers import gpu_out_dir
 
 

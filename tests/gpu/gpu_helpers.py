@@ -13,8 +13,8 @@ from typing import Any
 import nbformat
 import pytest
 
-from gpuflow import guard
 from gpuflow.execute import execute_notebook
+from gpuflow.gpu import guard
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "gpu_guard"))  # one home for the notebook helpers

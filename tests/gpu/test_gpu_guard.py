@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from gpu_helpers import notebook, run, save  # tests/gpu/gpu_helpers.py
-from gpuflow import errors, gpu, guard
+
+from gpuflow.core import errors
+from gpuflow.gpu import devices as gpu
+from gpuflow.gpu import guard
 
 pytestmark = pytest.mark.gpu
 
@@ -80,7 +82,7 @@ def test_notebook_rmm_cell_with_a_bad_argument(tmp_path: Path, gpu_out: Path) ->
 
 def test_notebook_managed_on_a_hidden_device(tmp_path: Path, gpu_out: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    # the pods of issue 3: the notebook calls reinitialize with no device visible
+    # the Tekton pods the guard was written for: the notebook calls reinitialize with no device visible
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     src = notebook(tmp_path / "in.ipynb", "import rmm\nrmm.reinitialize(managed_memory=True)\nprint('survived')")
     nb, text = run(src, tmp_path / "out.ipynb", guard.GuardOptions(rmm="notebook"))

@@ -1,4 +1,4 @@
-"""On a real GPU (issue 9): a notebook that allocates beyond device memory
+"""On a real GPU: a notebook that allocates beyond device memory
 fails as a clear cell error under every RMM policy, with its notebook saved,
 and never hangs."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ import nbformat
 import pytest
 from gpu_helpers import notebook, outputs_text, run, save  # tests/gpu/gpu_helpers.py
 
-from gpuflow import errors, guard
+from gpuflow.core import errors
+from gpuflow.gpu import guard
 
 pytestmark = pytest.mark.gpu
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from gpu_helpers import ROOT, run, save  # tests/gpu/gpu_helpers.py
-from gpuflow import guard
+
+from gpuflow.gpu import guard
 
 pytestmark = pytest.mark.gpu
 NOTEBOOK = ROOT / "notebooks" / "scrna_preprocessing.ipynb"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gpuflow import _kernel_guard
+from gpuflow._embedded import kernel_guard as _kernel_guard
 
 FAKE_SMI = """#!/bin/sh
 case "$1" in

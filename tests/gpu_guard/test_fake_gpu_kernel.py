@@ -10,10 +10,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from gpuflow import guard
-from gpuflow.execute import execute_notebook
 from guard_helpers import notebook, outputs_text
+
+from gpuflow.execute import execute_notebook
+from gpuflow.gpu import guard
 
 FAKES = {
     "cupy/__init__.py": """

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow import errors, gpu, guard
+from gpuflow.core import errors
+from gpuflow.gpu import devices as gpu
+from gpuflow.gpu import guard
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -100,7 +102,7 @@ def test_importing_the_guard_stays_light() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, gpuflow.guard, gpuflow.gpu, gpuflow.lite, gpuflow.telemetry, gpuflow.doctor;"
+    code = ("import sys, gpuflow.gpu.guard, gpuflow.gpu.devices, gpuflow._embedded.lite, gpuflow.gpu.telemetry, gpuflow.doctor;"
             "heavy = {'cupy', 'rmm', 'papermill', 'nbconvert', 'nbclient', 'jupyter_client', 'pynvml',"
             " 'anndata', 'scanpy', 'numpy'} & set(sys.modules); print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from gpuflow import errors, guard
-from gpuflow.execute import execute_notebook, main as execute_main
 from guard_helpers import notebook, outputs_text
+
+from gpuflow.core import errors
+from gpuflow.execute import execute_notebook
+from gpuflow.execute import main as execute_main
+from gpuflow.gpu import guard
 
 
 def test_execute_with_lite_records_the_guard(tmp_path: Path, small_h5ad: Path,

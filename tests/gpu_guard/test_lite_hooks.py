@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow import lite
-from gpuflow.fsutil import sha256_file
+from gpuflow._embedded import lite
+from gpuflow.core.fsutil import sha256_file
 
 
 @pytest.fixture

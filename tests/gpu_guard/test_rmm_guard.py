@@ -6,8 +6,9 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from gpuflow import _kernel_guard as kg
-from gpuflow import gpu, guard
+from gpuflow import gpu
+from gpuflow._embedded import kernel_guard as kg
+from gpuflow.gpu import guard
 
 MSG_BUG = AttributeError("'CUDARuntimeError' object has no attribute 'msg'")
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import nbformat
 import pytest
-
-from gpuflow import _kernel_guard, guard
 from guard_helpers import notebook, outputs_text
+
+from gpuflow._embedded import kernel_guard as _kernel_guard
+from gpuflow.gpu import guard
 
 NO_GPU = {"visible": False, "checks": ["CUDA_VISIBLE_DEVICES=''", "nvidia-smi: not found"]}
 
@@ -24,7 +25,7 @@ def test_cell_calls_setup_and_embeds_the_same_source() -> None:
     src = guard.setup_cell_source(guard.GuardOptions(rmm="managed", rmm_pool_size="80%"), {"visible": True})
     assert src is not None
     compile(src, "cell", "exec")
-    assert "import gpuflow._kernel_guard as _gpuflow_guard" in src
+    assert "import gpuflow._embedded.kernel_guard as _gpuflow_guard" in src
     assert repr(Path(_kernel_guard.__file__).read_text()) in src  # one implementation, embedded verbatim
     assert "'policy': 'managed'" in src and "'pool_size': '80%'" in src
     assert "gpuflow/lite" not in src and "_gpuflow_lite = None" in src
@@ -74,7 +75,8 @@ def test_real_kernel_lite_without_gpuflow_installed(tmp_path: Path, small_h5ad: 
     (shadow / "__init__.py").write_text("")
     # an editable install finds submodules through its own meta-path finder
     # even under a shadowing package: make those imports fail explicitly
-    for name in ("_kernel_guard.py", "lite.py"):
+    (shadow / "_embedded").mkdir()
+    for name in ("_embedded/__init__.py", "_embedded/kernel_guard.py", "_embedded/lite.py"):
         (shadow / name).write_text("raise ImportError('shadowed for this test')\n")
     monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
     src = guard.setup_cell_source(guard.GuardOptions(lite=True, max_cells=100, max_genes=50), NO_GPU)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow import doctor, guard, telemetry
+from gpuflow import doctor
+from gpuflow.gpu import guard, telemetry
 
 
 def test_no_nvml_no_file_no_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

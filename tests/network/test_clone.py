@@ -13,8 +13,9 @@ from typing import Any
 import psutil
 import pytest
 
-from gpuflow import backup, clone
-from gpuflow.errors import AuthError, CloneError, UnsafePathError
+from gpuflow import clone
+from gpuflow.core import backup
+from gpuflow.core.errors import AuthError, CloneError, UnsafePathError
 
 from .conftest import History, git, publish
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpuflow import download as dl
-from gpuflow.errors import ChecksumError, DownloadError
+from gpuflow.core.errors import ChecksumError, DownloadError
 
 from .conftest import FileServer
 
@@ -174,7 +174,7 @@ def test_secrets_never_logged(served: FileServer, tmp_path: Path) -> None:
 
 def test_plain_progress_lines(served: FileServer, payload: bytes, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr("gpuflow.progress.EVERY_S", 0.0)
+    monkeypatch.setattr("gpuflow.core.progress.EVERY_S", 0.0)
     monkeypatch.setattr(dl, "CHUNK", 256 * 1024)
     dl.download(served.url("/data.h5ad"), tmp_path / "f")
     lines = [line for line in capsys.readouterr().err.splitlines() if "MiB/s" in line]
@@ -197,7 +197,8 @@ def test_cache_without_checksum_verifies_against_recorded_sha(served: FileServer
 
 
 def test_import_is_cheap() -> None:
-    code = ("import sys, gpuflow.clone, gpuflow.download, gpuflow.retry, gpuflow.backup, gpuflow.cache, gpuflow.progress\n"
+    code = ("import sys, gpuflow.clone, gpuflow.download, gpuflow.core.retry, gpuflow.core.backup\n"
+            "import gpuflow.core.download_cache, gpuflow.core.progress\n"
             "heavy = {'git', 'tqdm', 'papermill', 'nbconvert'} & set(sys.modules)\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

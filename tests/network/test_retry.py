@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from gpuflow import download as dl
-from gpuflow.errors import DownloadError
-from gpuflow.retry import Backoff, with_retries
+from gpuflow.core.errors import DownloadError
+from gpuflow.core.retry import Backoff, with_retries
 
 from .conftest import FileServer
 
@@ -65,7 +65,7 @@ def test_permanent_failure_is_not_retried_and_last_error_propagates() -> None:
 def test_download_defaults_outlast_a_one_minute_outage(file_server: FileServer, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr("gpuflow.retry.time.sleep", sleeps.append)
+    monkeypatch.setattr("gpuflow.core.retry.time.sleep", sleeps.append)
     file_server.files["/x"] = b"x"
     file_server.faults.unavailable = 100
     with pytest.raises(DownloadError, match="503"):

@@ -68,7 +68,7 @@ def test_sentinel_token_appears_nowhere(tmp_path: Path, git_server: Any, file_se
 
 
 def test_token_pasted_into_a_url_stays_out_of_config_json(tmp_path: Path) -> None:
-    from gpuflow import config
+    from gpuflow.flow import config
     from gpuflow.run import _save_config
 
     url = f"https://x-access-token:{SENTINEL}@example.invalid/nbs.git"

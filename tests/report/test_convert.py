@@ -89,7 +89,7 @@ def test_sanitize_html_strips_scripts(tmp_path: Path) -> None:
 
 
 def test_importing_the_report_steps_stays_light() -> None:
-    code = ("import sys, gpuflow.convert, gpuflow.stage, gpuflow.test, gpuflow.summary, gpuflow.summary_render\n"
+    code = ("import sys, gpuflow.convert, gpuflow.stage, gpuflow.test, gpuflow.summary, gpuflow.report.render\n"
             "heavy = {'nbconvert', 'papermill', 'nbclient', 'git', 'jupyter_client'} & set(sys.modules)\n"
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -102,8 +102,8 @@ def test_prepare_env_uses_this_interpreter_when_it_has_everything(tmp_path: Path
     import sys
 
     repo = repo_with(tmp_path, {"requirements.txt": "pytest\n"})
-    assert testrun.prepare_env(repo) == sys.executable  # nothing to install: offline
-    assert testrun.prepare_env(repo, python="/some/python") == "/some/python"
+    assert testrun.python_for(repo) == sys.executable  # nothing to install: offline
+    assert testrun.python_for(repo, python="/some/python") == "/some/python"
 
 
 def test_bundled_suite_fails_on_an_empty_input_dir(tmp_path: Path, suite_copy: Path) -> None:

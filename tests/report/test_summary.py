@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow import convert, record, stage, summary, telemetry
+from gpuflow import convert, stage, summary
 from gpuflow import test as testrun
+from gpuflow.core import record
+from gpuflow.gpu import telemetry
 from tests.report.conftest import EXAMPLE_SUITE, executed_notebook
 
 MIB = 1 << 20

@@ -251,7 +251,7 @@ class Harness:
         base = {p["name"]: _param_value(p["value"], scope, values) for p in pt.get("params") or []}
         matrix = [(p["name"], expand_list(p["value"], scope, values))
                   for p in (pt.get("matrix") or {}).get("params") or []]
-        combos = [dict(zip([m[0] for m in matrix], combo)) for combo in itertools.product(*[m[1] for m in matrix])]
+        combos = [dict(zip([m[0] for m in matrix], combo, strict=False)) for combo in itertools.product(*[m[1] for m in matrix])]
         bound = {}
         for ws in pt.get("workspaces") or []:
             path = Path(workspaces[ws["workspace"]]) / ws.get("subPath", "")

@@ -1,0 +1,387 @@
+"""The one configuration resolver of `gpuflow run`.
+
+Order, lowest to highest: built-in defaults < a resumed run's saved config <
+the TOML file (`--config FILE`, else `[tool.gpuflow]` in the notebook repo's
+pyproject.toml) < `GPUFLOW_<OPTION>` environment variables < CLI flags.
+Each value remembers where it came from, for `gpuflow run --print-config`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuflow.core.errors import ConfigError
+from gpuflow.gpu.guard import GPU_POLICIES, RMM_POLICIES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the pyproject pins tomli there
+    import tomli as tomllib
+
+# The bundled example lives beside the package in a source checkout, which is
+# what `make run` uses; the defaults point at it so `gpuflow run` needs nothing.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_NOTEBOOK = "notebooks/scrna_preprocessing.ipynb"
+BUNDLED_TESTS = PROJECT_ROOT / "examples" / "notebook-tests"
+ENV_PREFIX = "GPUFLOW_"
+PROFILES = ("full", "lite")
+DATASET_KEYS = ("url", "dest", "sha256", "size")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    notebooks: tuple[str, ...] = (BUNDLED_NOTEBOOK,)
+    repo: str = str(PROJECT_ROOT)
+    revision: str | None = None
+    token_env: str | None = None
+    datasets: tuple[dict[str, Any], ...] = ()
+    test_repo: str = str(BUNDLED_TESTS)
+    marker: str = "single_cell"
+    html_name: str = "{stem}{lite}_output.html"
+    parameters: dict[str, Any] = field(default_factory=dict)
+    lite_parameters: dict[str, Any] = field(default_factory=dict)
+    profile: str = "full"
+    kernel: str = "python3"
+    gpu: str = "auto"
+    rmm: str = "auto"
+    rmm_pool_size: str | None = None
+    timeout: float | None = None
+    cell_timeout: float | None = None
+    timeouts: dict[str, float] = field(default_factory=dict)
+    out: str = "gpuflow-out"
+    jobs: int = 1
+    gpus: str = ""
+    fail_fast: bool = False
+    skip_tests_on_failure: bool = False
+    pass_env: tuple[str, ...] = ()
+    sanitize_html: bool = False
+    max_cells: int = 50_000
+    max_genes: int = 10_000
+    seed: int = 0
+
+    @property
+    def lite(self) -> bool:
+        return self.profile == "lite"
+
+    @property
+    def repo_is_local(self) -> bool:
+        """A path, not a URL (`https://`, `file://`, `git@host:`): used in place, not cloned."""
+        return "://" not in self.repo and not re.match(r"^[\w.-]+@[\w.-]+:", self.repo)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
+class Option:
+    kind: str  # str | int | float | bool | list | table | datasets
+    help: str
+    choices: tuple[str, ...] = ()
+    cli: bool = True
+    optional: bool = False  # None is a valid value
+
+
+OPTIONS: dict[str, Option] = {
+    "notebooks": Option("list", "notebook paths or globs inside the notebook repo"),
+    "repo": Option("str", "the notebook repo: a git URL or a local path (default: this checkout)"),
+    "revision": Option("str", "branch, tag or commit of a git `repo`", optional=True),
+    "token_env": Option("str", "environment variable holding a token for the git repos and the datasets "
+                        "(never put a token in a URL or flag: argv is world-readable)", optional=True),
+    "datasets": Option("datasets", "files to download before executing: {url, dest, sha256, size}; "
+                       "dest is relative to the notebook repo", cli=False),
+    "test_repo": Option("str", "the test repo (URL or path) whose pytest checks the HTML; '' skips tests"),
+    "marker": Option("str", "pytest -m expression for the test repo"),
+    "html_name": Option("str", "name of the HTML staged into the test repo's input/; "
+                        "placeholders {stem} {lite} {profile}"),
+    "parameters": Option("table", "papermill parameters for every notebook (CLI: -p NAME VALUE)"),
+    "lite_parameters": Option("table", "extra parameters in the lite profile, over `parameters`", cli=False),
+    "profile": Option("str", "lite: guard subsampling and _lite artifact names; full: neither",
+                      choices=PROFILES),
+    "kernel": Option("str", "Jupyter kernel name"),
+    "gpu": Option("str", "GPU policy: auto, require (exit 4 without one), off", choices=GPU_POLICIES),
+    "rmm": Option("str", "RMM allocator policy set up in the kernel", choices=RMM_POLICIES),
+    "rmm_pool_size": Option("str", "RMM pool size, e.g. 8GiB", optional=True),
+    "timeout": Option("float", "seconds for a whole notebook", optional=True),
+    "cell_timeout": Option("float", "seconds for one cell", optional=True),
+    "timeouts": Option("table", "per-notebook `timeout` overrides, keyed by path or stem", cli=False),
+    "out": Option("str", "runs go under OUT/<run-id>/"),
+    "jobs": Option("int", "notebooks run at once (CPU); with --gpus, one per GPU"),
+    "gpus": Option("str", "GPUs to spread notebooks over: '0,1' or 'all'; '' runs without pinning"),
+    "fail_fast": Option("bool", "after a notebook fails, start no further notebooks"),
+    "skip_tests_on_failure": Option("bool", "skip the test step of a notebook that failed"),
+    "pass_env": Option("list", "environment variables the kernel gets although their names look like "
+                       "secrets (TOKEN, KEY, PASSWORD...); all such variables are withheld by default"),
+    "sanitize_html": Option("bool", "strip scripts and unsafe markup from the HTML report "
+                            "(for notebooks whose output you do not trust)"),
+    "max_cells": Option("int", "lite profile: keep at most this many cells (observations)"),
+    "max_genes": Option("int", "lite profile: keep at most this many genes (variables)"),
+    "seed": Option("int", "lite profile: subsampling seed"),
+}
+DEFAULTS = FlowConfig()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resolved:
+    config: FlowConfig
+    sources: dict[str, str]
+
+    def render(self) -> str:
+        """`name = value  # source` lines (values in TOML-compatible JSON)."""
+        width = max(map(len, OPTIONS))
+        lines = []
+        for name in OPTIONS:
+            value = json.dumps(_plain(getattr(self.config, name)))
+            lines.append(f"{name:<{width}} = {value}  # {self.sources[name]}")
+        return "\n".join(lines)
+
+
+def env_name(option: str) -> str:
+    return ENV_PREFIX + option.upper()
+
+
+def flag_name(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per CLI option, named mechanically; every default is None so
+    the resolver can tell a flag given from a flag left out."""
+    g = parser.add_argument_group("configuration (flags beat GPUFLOW_* env vars beat the TOML file)")
+    g.add_argument("--config", type=Path, default=None,
+                   help="TOML file: top-level keys, or [tool.gpuflow] in a pyproject.toml")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the merged configuration and where each value came from, then exit")
+    for name, opt in OPTIONS.items():
+        if not opt.cli:
+            continue
+        if name == "parameters":
+            g.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append",
+                           metavar=("NAME", "VALUE"), help=opt.help + "; VALUE is read as YAML")
+        elif opt.kind == "bool":
+            g.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None,
+                           help=opt.help)
+        elif opt.kind == "list":
+            g.add_argument(flag_name(name), nargs="+", default=None, help=opt.help)
+        else:
+            g.add_argument(flag_name(name), type=_CLI_TYPES[opt.kind], default=None,
+                           choices=opt.choices or None, help=opt.help)
+
+
+def cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line, converted to their option types."""
+    values: dict[str, Any] = {}
+    for name, opt in OPTIONS.items():
+        raw = getattr(args, name, None) if opt.cli else None
+        if raw is None:
+            continue
+        if name == "parameters":
+            import yaml  # lazy: only when -p is used
+
+            raw = {key: yaml.safe_load(text) for key, text in raw}
+        values[name] = raw
+    return values
+
+
+def resolve(
+    *,
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str],
+    config_file: Path | None = None,
+    repo_pyproject: Path | None = None,
+    saved: Mapping[str, Any] | None = None,
+    saved_label: str = "resume",
+) -> Resolved:
+    """Merge every source into one FlowConfig; raises ConfigError naming the
+    offending key, variable or file."""
+    layers: list[tuple[str, Mapping[str, Any]]] = [("default", DEFAULTS.to_dict())]
+    if saved:
+        layers.append((saved_label, _check_known(dict(saved), saved_label)))
+    file_layer = _file_layer(config_file, repo_pyproject)
+    if file_layer is not None:
+        layers.append(file_layer)
+    layers.append(("env", _env_layer(env)))
+    layers.append(("cli", dict(cli or {})))
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for label, values in layers:
+        for name, value in values.items():
+            merged[name] = _validate(name, value, _where(label, name))
+            sources[name] = _where(label, name)
+    return Resolved(config=_build(merged), sources=sources)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Options in a TOML file: `[tool.gpuflow]` of a pyproject.toml, else the top level."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    if path.name == "pyproject.toml":
+        data = data.get("tool", {}).get("gpuflow", {})
+    return _check_known(data, str(path))
+
+
+def _file_layer(config_file: Path | None, repo_pyproject: Path | None) -> tuple[str, dict[str, Any]] | None:
+    # One file, never two: an explicit --config replaces the repo's own settings.
+    if config_file is not None:
+        return str(config_file), read_toml(config_file)
+    if repo_pyproject is not None and repo_pyproject.is_file():
+        values = read_toml(repo_pyproject)
+        for key in ("repo", "revision"):
+            if key in values:
+                raise ConfigError(f"{repo_pyproject}: `{key}` cannot be set inside the repo it names")
+        return (str(repo_pyproject), values) if values else None
+    return None
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, opt in OPTIONS.items():
+        raw = env.get(env_name(name))
+        if raw is None:
+            continue
+        try:
+            values[name] = _ENV_PARSERS[opt.kind](raw)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{env_name(name)}={raw!r}: not a valid {opt.kind}: {exc}") from None
+    return values
+
+
+def _check_known(values: dict[str, Any], where: str) -> dict[str, Any]:
+    for key in values:
+        if key not in OPTIONS:
+            hint = f" (did you mean {key.replace('-', '_')!r}?)" if key.replace("-", "_") in OPTIONS else ""
+            raise ConfigError(f"{where}: unknown option {key!r}{hint}")
+    return values
+
+
+def _where(label: str, name: str) -> str:
+    if label == "env":
+        return f"env {env_name(name)}"
+    if label == "cli":
+        return "cli -p" if name == "parameters" else f"cli {flag_name(name)}"
+    return label
+
+
+def _validate(name: str, value: Any, where: str) -> Any:
+    opt = OPTIONS[name]
+    if value is None and (opt.optional or opt.kind in ("table", "datasets", "list")):
+        return value
+    kind = opt.kind
+    bad = ConfigError(f"{where}: `{name}` must be {_KIND_WORDS[kind]}, not {value!r}")
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad
+        if opt.choices and value not in opt.choices:
+            raise ConfigError(f"{where}: `{name}` must be one of {', '.join(opt.choices)}, not {value!r}")
+    elif kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        value = float(value)
+    elif kind == "bool" and not isinstance(value, bool):
+        raise bad
+    elif kind == "list":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise bad
+        value = tuple(value)
+    elif kind == "table" and not isinstance(value, Mapping):
+        raise bad
+    elif kind == "datasets":
+        value = _validate_datasets(value, where)
+    return value
+
+
+def _validate_datasets(value: Any, where: str) -> tuple[dict[str, Any], ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where}: `datasets` must be a list of tables")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{where}: datasets[{i}] must be a table with url and dest")
+        for key in item:
+            if key not in DATASET_KEYS:
+                raise ConfigError(f"{where}: unknown option 'datasets[{i}].{key}'")
+        for key in ("url", "dest"):
+            if not isinstance(item.get(key), str) or not item[key]:
+                raise ConfigError(f"{where}: datasets[{i}].{key} is required")
+        out.append(dict(item))
+    return tuple(out)
+
+
+def _build(merged: dict[str, Any]) -> FlowConfig:
+    if merged["jobs"] < 1:
+        raise ConfigError(f"`jobs` must be at least 1, not {merged['jobs']}")
+    merged["parameters"] = dict(merged["parameters"] or {})
+    merged["lite_parameters"] = dict(merged["lite_parameters"] or {})
+    merged["timeouts"] = {str(k): float(v) for k, v in (merged["timeouts"] or {}).items()}
+    merged["datasets"] = tuple(merged["datasets"] or ())
+    merged["notebooks"] = tuple(merged["notebooks"] or ())
+    merged["pass_env"] = tuple(merged["pass_env"] or ())
+    return FlowConfig(**merged)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _toml_value(raw: str) -> Any:
+    return tomllib.loads(f"v = {raw}")["v"]
+
+
+def _env_list(raw: str) -> list[str]:
+    if raw.lstrip().startswith("["):
+        value = _toml_value(raw)
+        if not isinstance(value, list):
+            raise ValueError("expected a TOML array")
+        return value
+    return [part for part in raw.replace(",", " ").split() if part]
+
+
+def _env_bool(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("use 1/0, true/false, yes/no or on/off")
+
+
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str, "int": int, "float": float, "bool": _env_bool, "list": _env_list,
+    "table": _toml_value, "datasets": _toml_value,
+}
+_CLI_TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+_KIND_WORDS = {
+    "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+    "list": "a list of strings", "table": "a table", "datasets": "a list of tables",
+}
+
+
+def timeout_for(config: FlowConfig, notebook: str, stem: str) -> float | None:
+    """The notebook's own timeout override, by path or stem, else `timeout`."""
+    for key in (notebook, stem):
+        if key in config.timeouts:
+            return config.timeouts[key]
+    return config.timeout
+
+
+def notebook_parameters(config: FlowConfig) -> dict[str, Any]:
+    """Parameters a notebook gets under the active profile."""
+    return {**config.parameters, **(config.lite_parameters if config.lite else {})}

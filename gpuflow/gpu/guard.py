@@ -1,0 +1,159 @@
+"""The GPU guard, as execute sees it: options, preflight, the setup cell,
+telemetry and the post-run notebook metadata.
+
+The work lives in `gpuflow.gpu.devices` (runner-side facts), `gpuflow._embedded.kernel_guard`
+(what runs in the kernel), `gpuflow._embedded.lite` and `gpuflow.gpu.telemetry`; this
+module joins them behind the names `gpuflow.execute` calls. See docs/gpu.md.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpuflow._embedded import kernel_guard as _kernel_guard
+from gpuflow._embedded import lite as _lite
+from gpuflow.core.errors import ConfigError
+from gpuflow.notebook.prepare import GUARD_TAG  # noqa: F401  (the tag prepare gives the injected cell)
+
+GPU_POLICIES = ("auto", "require", "off")
+RMM_POLICIES = _kernel_guard.POLICIES
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardOptions:
+    gpu: str = "auto"
+    rmm: str = "auto"
+    rmm_pool_size: str | None = None
+    lite: bool = False
+    max_cells: int = 50_000
+    max_genes: int = 10_000
+    seed: int = 0
+    telemetry: bool = True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("GPU guard")
+    g.add_argument("--gpu", choices=GPU_POLICIES, default="auto",
+                   help="require: exit 4 without a visible CUDA device; auto: warn and run on the CPU; off: no checks")
+    g.add_argument("--rmm", choices=RMM_POLICIES, default="auto",
+                   help="RMM policy set up in the kernel (auto = pool); `notebook` lets the notebook's own "
+                        "rmm.reinitialize calls decide, every other policy is enforced over them")
+    g.add_argument("--rmm-pool-size", default=None, help="initial pool size: 80%% of the device, 20GiB, bytes")
+    g.add_argument("--lite", action="store_true", help="subsample every AnnData the notebook loads, in memory")
+    g.add_argument("--max-cells", type=int, default=50_000, help="lite: cells kept (default 50000)")
+    g.add_argument("--max-genes", type=int, default=10_000, help="lite: genes kept (default 10000)")
+    g.add_argument("--seed", type=int, default=0, help="lite: seed of the subsample (default 0)")
+    g.add_argument("--no-telemetry", dest="telemetry", action="store_false", help="no telemetry.json")
+
+
+def options_from_args(args: argparse.Namespace) -> GuardOptions:
+    if args.rmm_pool_size:
+        check_pool_size(args.rmm_pool_size)
+    if args.max_cells < 1 or args.max_genes < 1:
+        raise ConfigError("--max-cells and --max-genes must be positive")
+    return GuardOptions(
+        gpu=args.gpu, rmm=args.rmm, rmm_pool_size=args.rmm_pool_size, lite=args.lite,
+        max_cells=args.max_cells, max_genes=args.max_genes, seed=args.seed,
+        telemetry=args.telemetry,
+    )
+
+
+# The kernel's per-cell RMM rows: chosen when the cell is generated, read by
+# telemetry() of the same execute call (one thread per notebook in `gpuflow run`)
+_local = threading.local()
+
+
+def check_pool_size(text: str) -> None:
+    try:
+        _kernel_guard.parse_size(text, total=1 << 40)
+    except ValueError as exc:
+        raise ConfigError(f"--rmm-pool-size: {exc}") from None
+
+
+def preflight(opts: GuardOptions) -> dict[str, Any]:
+    """Runner-side device check before a kernel starts; raises NoGPUError
+    under `--gpu require` when no device is visible. Returns the facts."""
+    from gpuflow.gpu import devices
+
+    return devices.preflight(opts.gpu)
+
+
+def _embedded(module: Any, var: str) -> str:
+    # the fallback when gpuflow is not importable in the kernel: the very
+    # source of the module, exec'd into a fresh module object
+    src = inspect.getsource(module)
+    return (f"    {var} = _t.ModuleType({module.__name__!r})\n"
+            f"    exec(compile({src!r}, {module.__name__!r}, 'exec'), {var}.__dict__)\n")
+
+
+def setup_cell_source(opts: GuardOptions, facts: dict[str, Any]) -> str | None:
+    """Source of the cell injected as the first code cell, or None."""
+    if opts.rmm == "off" and opts.gpu == "off" and not opts.lite:
+        return None
+    stats = None
+    if opts.telemetry and facts.get("visible"):
+        stats = str(Path(tempfile.gettempdir()) / f"gpuflow-cells-{uuid.uuid4().hex}.jsonl")
+    _local.cell_stats = stats
+    config = {
+        "policy": opts.rmm, "pool_size": opts.rmm_pool_size, "gpu_visible": facts.get("visible"),
+        "reason": "; ".join(facts.get("checks", [])) if facts.get("visible") is False else None,
+        "lite": {"max_cells": opts.max_cells, "max_genes": opts.max_genes, "seed": opts.seed} if opts.lite else None,
+        "cell_stats": stats,
+    }
+    lines = [
+        "# gpuflow GPU guard (injected; hidden in report mode; see docs/gpu.md)",
+        "try:",
+        "    import gpuflow._embedded.kernel_guard as _gpuflow_guard",
+        "    import gpuflow._embedded.lite as _gpuflow_lite",
+        "except ImportError:",
+        "    import types as _t",
+    ]
+    body = "\n".join(lines) + "\n" + _embedded(_kernel_guard, "_gpuflow_guard")
+    body += _embedded(_lite, "_gpuflow_lite") if opts.lite else "    _gpuflow_lite = None\n"
+    return body + f"_gpuflow_guard.run_setup({config!r}, lite=_gpuflow_lite)\n"
+
+
+@contextlib.contextmanager
+def telemetry(opts: GuardOptions, path: Path) -> Iterator[None]:
+    """Sample the GPU while the block runs; write `path` if there is a GPU."""
+    stats = getattr(_local, "cell_stats", None)
+    if not opts.telemetry or opts.gpu == "off":
+        yield
+        return
+    from gpuflow.gpu import telemetry as _telemetry
+
+    stats_path = Path(stats) if stats else None
+    try:
+        with _telemetry.sample(path, cell_stats=stats_path):
+            yield
+    finally:
+        if stats_path is not None:
+            stats_path.unlink(missing_ok=True)
+
+
+def finalize_notebook(nb: Any) -> None:
+    """Copy what the guard cell reported into the notebook's metadata:
+    nb.metadata.gpuflow.guard = {policy, applied, pool_size, fallback, ...,
+    events: [the notebook's own rmm.reinitialize calls, as guarded]}."""
+    guard: dict[str, Any] = {}
+    events: list[Any] = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            data = out.get("data", {}).get(_kernel_guard.MIMETYPE) if out.get("output_type") == "display_data" else None
+            if not isinstance(data, dict):
+                continue
+            if "event" in data:
+                events.append(data["event"])
+            elif not guard:
+                guard = dict(data)
+    if guard or events:
+        guard["events"] = events
+        nb.metadata.setdefault("gpuflow", {})["guard"] = guard

@@ -1,0 +1,190 @@
+"""The kernel side of `gpuflow.execute`: papermill's client and bookkeeping
+over one kernel, with atomic throttled saves, timeouts, a dead kernel and
+signals all turned into a `Stop` that says why and where execution ended."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from gpuflow.core import errors
+from gpuflow.core.fsutil import atomic_write_text
+from gpuflow.notebook import kernel as _kernel
+
+STARTUP_TIMEOUT = 120.0  # seconds; generous: CI machines are busy and CUDA imports are slow
+IOPUB_TIMEOUT = 30  # seconds to wait for a finished cell's last output
+SAVE_EVERY = 5.0  # seconds between progress saves: papermill saves after every cell (quadratic)
+
+
+@dataclass
+class Stop:
+    """Why execution stopped early, and where (index in the executed notebook)."""
+
+    exc: type[errors.GpuflowError] | type[errors.Stopped]
+    what: str
+    cell: int | None
+    banner: str
+
+
+@dataclass
+class State:
+    km: Any = None
+    started: bool = False
+    current: int | None = None
+    limit: str = "cell"  # which limit applies to the running cell: "cell" | "notebook"
+    stopped_by: int | None = None  # signal number
+
+def manager(nb: Any, output_path: Path, logger: Any, bar: Any) -> Any:
+    from papermill.engines import NotebookExecutionManager
+
+    class Manager(NotebookExecutionManager):  # type: ignore[misc]
+        """papermill's bookkeeping, with atomic saves at most every few seconds."""
+
+        every = SAVE_EVERY
+        last_save_time: Any  # set by papermill's manager
+
+        def save(self, **kwargs: Any) -> None:
+            if (self.now() - self.last_save_time).total_seconds() >= self.every:
+                took = time.monotonic()
+                write_notebook(self.nb, output_path)
+                self.every = max(SAVE_EVERY, 4 * (time.monotonic() - took))
+                self.last_save_time = self.now()
+
+        def cell_start(self, cell: Any, cell_index: int | None = None, **kwargs: Any) -> None:
+            logger.info(f"Executing Cell {(cell_index or 0) + 1:-<40}")
+            super().cell_start(cell, cell_index, **kwargs)
+
+        def cell_complete(self, cell: Any, cell_index: int | None = None, **kwargs: Any) -> None:
+            logger.info(f"Ending Cell {(cell_index or 0) + 1:-<43}")
+            super().cell_complete(cell, cell_index, **kwargs)
+
+    manager = Manager(nb, output_path=str(output_path), log_output=False, progress_bar=bar or False)
+    return manager
+
+
+def run_cells(
+    nb_man: Any, name: str, env: dict[str, str], cwd: Path | None,
+    cell_timeout: float | None, timeout: float | None, logger: Any,
+) -> Stop | None:
+    """Run the kernel over the notebook; return why it stopped early, if it did."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.clientwrap import PapermillNotebookClient
+
+    state = State()
+    deadline = time.monotonic() + timeout if timeout else None
+
+    def on_cell_start(cell: Any, cell_index: int) -> None:
+        state.current = cell_index
+        if deadline is not None and time.monotonic() >= deadline:
+            raise errors.NotebookTimeout("deadline passed between cells")
+
+    def timeout_func(cell: Any) -> float | None:
+        left = deadline - time.monotonic() if deadline is not None else None
+        state.limit = "notebook" if left is not None and (cell_timeout is None or left < cell_timeout) else "cell"
+        limit = left if state.limit == "notebook" else cell_timeout
+        return None if limit is None else max(limit, 0.01)
+
+    def on_started(notebook: Any) -> None:
+        state.started = True
+
+    # the handler covers the kernel's shutdown too: a second signal there must not
+    # leave a kernel behind
+    with _signals_kill(state):
+        for attempt in (1, 2):
+            state.km = _kernel.new_manager(name)
+            client = PapermillNotebookClient(
+                nb_man, km=state.km, kernel_name=name, startup_timeout=STARTUP_TIMEOUT, log=logger,
+                log_output=True, timeout_func=timeout_func, iopub_timeout=IOPUB_TIMEOUT,
+                on_cell_start=on_cell_start, on_notebook_start=on_started,
+            )
+            stop: Stop | None = None
+            try:
+                client.execute(env=env, cwd=str(cwd) if cwd else None)
+            except errors.NotebookTimeout:
+                stop = _timeout_stop(state, timeout, cell_timeout, between_cells=True)
+            except CellTimeoutError:
+                stop = _timeout_stop(state, timeout, cell_timeout)
+            except DeadKernelError:
+                stop = _death_stop(state)
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                if state.started or state.stopped_by:
+                    stop = _death_stop(state) if not state.stopped_by else _signal_stop(state)
+                elif attempt == 1:
+                    logger.warning(f"kernel {name} did not start ({exc}); retrying once")
+                    continue
+                else:
+                    stop = Stop(errors.KernelDied, f"kernel {name} did not start: {exc}", None,
+                                 f"The kernel {name} did not start: {exc}")
+            finally:
+                if client.kc is not None:
+                    client.kc.stop_channels()
+                _kernel.shutdown(state.km, interrupt=stop is not None and stop.exc is not errors.KernelDied)
+                _kernel.cancel_pending_tasks()
+            if state.stopped_by and (stop is None or stop.exc is errors.KernelDied):
+                stop = _signal_stop(state)
+            return stop
+        return None
+
+
+def _timeout_stop(state: State, timeout: float | None, cell_timeout: float | None,
+                  between_cells: bool = False) -> Stop:
+    if between_cells or state.limit == "notebook":
+        what = f"notebook timed out after {timeout:g}s"
+        return Stop(errors.NotebookTimeout, what + " in {where}", state.current,
+                     f"the {what} (--timeout); the kernel was interrupted and shut down")
+    what = f"timed out after {cell_timeout:g}s"
+    return Stop(errors.CellTimeout, "{where} " + what, state.current,
+                 f"this cell {what} (--cell-timeout); the kernel was interrupted and shut down")
+
+
+def _death_stop(state: State) -> Stop:
+    why = _kernel.describe_death(_kernel.exit_status(state.km))
+    return Stop(errors.KernelDied, "kernel died in {where}: " + why, state.current, f"the kernel died: {why}")
+
+
+def _signal_stop(state: State) -> Stop:
+    exc = _stopped(state.stopped_by or signal.SIGTERM)
+    return Stop(type(exc), f"{exc} in {{where}}", state.current, f"{exc}; the kernel was shut down")
+
+
+def _stopped(signum: int) -> errors.Stopped:
+    if signum == signal.SIGINT:
+        return errors.Interrupted("interrupted by SIGINT", signum=signum)
+    return errors.Terminated(f"terminated by {signal.Signals(signum).name}", signum=signum)
+
+
+@contextmanager
+def _signals_kill(state: State) -> Iterator[None]:
+    """SIGTERM/SIGINT kill the kernel; nbclient then sees a dead kernel within
+    a second and the run unwinds normally, saving the notebook. Raising from
+    the handler instead could land inside one of nbclient's polling tasks and
+    be swallowed there. Before the kernel exists, the handler raises."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread gets signals; `gpuflow run` stops threads itself
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        state.stopped_by = signum
+        if not _kernel.kill_now(state.km):
+            raise _stopped(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def write_notebook(nb: Any, path: Path) -> None:
+    import nbformat
+
+    atomic_write_text(path, nbformat.writes(nb))
+
+

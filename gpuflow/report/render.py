@@ -1,0 +1,157 @@
+"""Render a `Summary` as GitHub-style Markdown and as a self-contained HTML
+page: inline CSS and SVG, no scripts, no fonts, no network requests."""
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gpuflow.core import tables
+from gpuflow.report.model import Summary
+
+ICON = {"success": "✅", "failed": "❌", "skipped": "⏩"}
+TEST_ROWS = (("passed", "✅ Passed"), ("failed", "❌ Failed"), ("skipped", "⏩ Skipped"),
+             ("errors", "💥 Errors"), ("xfailed", "🔶 XFailed"), ("xpassed", "⚠️ XPassed"))
+# what index.html links, when it exists: (label, how to find it)
+LINKS = (("Notebook HTML", "*_output.html"), ("Pytest report", "pytest_report.html"),
+         ("Pytest output", "pytest_output.log"), ("Papermill log", "papermill.log"),
+         ("nbconvert log", "jupyter_nbconvert.log"), ("Coverage", "coverage.xml"),
+         ("JUnit XML", "pytest_results.xml"), ("summary.json", "summary.json"),
+         ("STEP_SUMMARY.md", "STEP_SUMMARY.md"))
+CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+caption{text-align:left;font-weight:bold;padding:.3em 0}.success{color:#1a7f37}.failed{color:#cf222e}
+.skipped{color:#777}svg{border:1px solid #ccc;background:#fafafa}"""
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def _md(value: Any) -> str:
+    text = "—" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(_md(v) for v in row) + " |" for row in rows]
+
+
+def _step_rows(summary: Summary, icons: bool = True) -> list[tuple[Any, ...]]:
+    # no emoji in index.html: a headless or minimal system may lack the font
+    return [(f"{ICON.get(s['status'], '')} {s['status']}" if icons else s["status"], s["name"], s["exit_code"],
+             None if s["duration_s"] is None else f"{s['duration_s']:.1f}s", s["error"]) for s in summary.steps]
+
+
+def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
+    nb, gpu = summary.notebook, summary.gpu or {}
+    rows = [("Cells", f"{nb.get('executed_cells', '?')} of {nb['cells']} executed" if "cells" in nb else None),
+            ("Failing cell (index from 0)", nb.get("failed_cell")), ("Notebook error", nb.get("error")),
+            ("Notebook duration", f"{nb['duration_s']:.1f}s" if nb.get("duration_s") is not None else None),
+            ("GPU", gpu.get("name") or ("none recorded" if not summary.gpu else None)),
+            ("GPU peak memory", f"{gpu['peak_memory_mib']:.0f} MiB" if gpu.get("peak_memory_mib") else None),
+            ("GPU mean utilisation", f"{gpu['mean_utilization_pct']}%"
+             if gpu.get("mean_utilization_pct") is not None else None)]
+    return [(k, v) for k, v in rows if v is not None]
+
+
+def markdown(summary: Summary) -> str:
+    lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
+    lines += ["### Steps", *_md_table(("Status", "Step", "Exit", "Duration", "Error"), _step_rows(summary)), ""]
+    if summary.tests and "passed" in summary.tests:
+        lines += ["### Tests", *_md_table(("Metric", "Count"),
+                                          [(label, summary.tests[k]) for k, label in TEST_ROWS]), ""]
+        lines += [f"- ❌ `{t}`" for t in summary.tests["failing"]] + ([""] if summary.tests["failing"] else [])
+    else:
+        lines += ["### Tests", "⚠️ No JUnit XML (pytest_results.xml): the tests did not run or wrote no results.", ""]
+    facts = _fact_rows(summary)
+    if facts:
+        lines += ["### Notebook and GPU", *_md_table(("Fact", "Value"), facts), ""]
+    lines += ["### Artifacts", *_md_table(("File", "Size"),
+                                          [(f"`{a['path']}`", _size(a["bytes"])) for a in summary.artifacts]), ""]
+    if summary.missing:
+        lines += ["### ⚠️ Missing", *[f"- `{m}`" for m in summary.missing], ""]
+    return "\n".join(lines)
+
+
+def run_markdown(summary: Summary, parts: Sequence[tuple[str, Summary]]) -> str:
+    lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
+    rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *_test_cells(s)) for name, s in parts]
+    lines += _md_table(("Status", "Notebook", "Exit", "Passed", "Failed"), rows)
+    return "\n".join(lines + [""] + [f"- ⚠️ {m}" for m in summary.missing])
+
+
+def _test_cells(s: Summary) -> tuple[Any, Any]:
+    tests = s.tests or {}
+    return tests.get("passed"), None if not tests else tests.get("failed", 0) + tests.get("errors", 0)
+
+
+def memory_chart(series: Sequence[tuple[float, float]], width: int = 600, height: int = 160) -> str:
+    """An inline SVG line chart of GPU memory (MiB) over time (s)."""
+    if len(series) < 2:
+        return ""
+    t0, t1 = series[0][0], max(t for t, _ in series)
+    top = max(m for _, m in series) or 1.0
+    pad = 30
+    points = " ".join(f"{pad + (t - t0) / ((t1 - t0) or 1) * (width - 2 * pad):.1f},"
+                      f"{height - pad - m / top * (height - 2 * pad):.1f}" for t, m in series)
+    return (f'<svg width="{width}" height="{height}" role="img" '
+            f'aria-label="GPU memory over time"><title>GPU memory over time</title>'
+            f'<polyline fill="none" stroke="#0969da" stroke-width="2" points="{points}"/>'
+            f'<text x="{pad}" y="18" font-size="12">peak {top:.0f} MiB</text>'
+            f'<text x="{width - pad}" y="{height - 8}" font-size="12" text-anchor="end">{t1 - t0:.0f} s</text>'
+            "</svg>")
+
+
+def _document(title: str, body: Sequence[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            + "".join(body) + "</body></html>\n")
+
+
+def _links(artifact_dir: Path) -> str:
+    items = []
+    for label, pattern in LINKS:
+        found = sorted(artifact_dir.glob(pattern)) if "*" in pattern else [artifact_dir / pattern]
+        for path in found:
+            if path.is_file():  # index.html is written last: summary.json is there
+                items.append(f'<li><a href="{html.escape(path.name)}">{html.escape(label)}</a></li>')
+            else:
+                items.append(f"<li>{html.escape(label)}: <em>missing</em></li>")
+    return "<h2>Files</h2><ul>" + "".join(items) + "</ul>"
+
+
+def page(summary: Summary, artifact_dir: Path) -> str:
+    body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>',
+            tables.table(_step_rows(summary, icons=False), header=("Status", "Step", "Exit", "Duration", "Error"),
+                         caption="Steps")]
+    if summary.tests and "passed" in summary.tests:
+        body.append(tables.table([(label.split(" ", 1)[1], summary.tests[k]) for k, label in TEST_ROWS],
+                                 header=("Metric", "Count"), caption="Tests"))
+        body += [f"<p>Failing: <code>{html.escape(t)}</code></p>" for t in summary.tests["failing"]]
+    body.append(tables.table(_fact_rows(summary), header=("Fact", "Value"), caption="Notebook and GPU"))
+    if summary.gpu and summary.gpu.get("memory_series"):
+        body.append(memory_chart(summary.gpu["memory_series"]))
+    body.append(_links(artifact_dir))
+    body.append(tables.table([(a["path"], _size(a["bytes"]), a["sha256"][:12]) for a in summary.artifacts],
+                             header=("File", "Size", "sha256"), caption="Artifacts"))
+    if summary.missing:
+        body.append("<h2>Missing</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in summary.missing)
+                    + "</ul>")
+    return _document(summary.title, body)
+
+
+def run_page(summary: Summary, parts: Sequence[tuple[str, Summary]]) -> str:
+    rows = "".join(
+        f'<tr><td class="{s.status}">{s.status}</td><td><a href="{html.escape(name)}/index.html">'
+        f"{html.escape(name)}</a></td><td>{s.exit_code}</td>"
+        + "".join(f"<td>{tables.cell(v)}</td>" for v in _test_cells(s)) + "</tr>" for name, s in parts)
+    table = ("<table><caption>Notebooks</caption><tr><th>Status</th><th>Notebook</th><th>Exit</th>"
+             f"<th>Passed</th><th>Failed</th></tr>{rows}</table>")
+    return _document(summary.title, [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>', table])
