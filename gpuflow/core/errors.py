@@ -14,13 +14,16 @@ INTERNAL = 70  # a bug in gpuflow itself (sysexits' EX_SOFTWARE); traceback is l
 class GpuflowError(Exception):
     """Base class: an expected failure with a one-line message.
 
-    `details` lands in the step's record (counts, paths, the failing cell)."""
+    `details` lands in the step's record (counts, paths, the failing cell);
+    `result` is the step's own result as far as it got (execute: the
+    `ExecuteResult` of the saved partial notebook), for library callers."""
 
     exit_code: int = 1
 
-    def __init__(self, *args: object, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, *args: object, details: dict[str, Any] | None = None, result: object = None) -> None:
         super().__init__(*args)
         self.details: dict[str, Any] = dict(details or {})
+        self.result: object = result
 
 
 # -- 1: the step's own work failed ------------------------------------------
@@ -108,9 +111,12 @@ class KernelDied(GpuflowError):
 class Stopped(BaseException):
     exit_code: int = 143
 
-    def __init__(self, message: str = "", *, signum: int = 15) -> None:
+    def __init__(self, message: str = "", *, signum: int = 15, details: dict[str, Any] | None = None,
+                 result: object = None) -> None:
         super().__init__(message or f"stopped by signal {signum}")
         self.signum = signum
+        self.details: dict[str, Any] = dict(details or {})
+        self.result: object = result
 
 
 class Terminated(Stopped):
