@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors
+from gpuflow.core import errors
 from gpuflow.core.log import log
+from gpuflow.core.step import Step
 from gpuflow.gpu import guard as _guard
 from gpuflow.notebook import engine, prepare
 from gpuflow.notebook import kernel as _kernel
@@ -264,8 +265,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _guard.add_arguments(p)
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
-    result = execute_notebook(
+def _call(args: argparse.Namespace) -> ExecuteResult:
+    return execute_notebook(
         args.input, args.output, parameters=parameters_from_args(args),
         kernel=args.kernel or None, cwd=args.cwd, cell_timeout=args.cell_timeout,
         timeout=args.timeout, report_mode=args.report_mode, log_path=args.log,
@@ -273,15 +274,17 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
         guard=_guard.options_from_args(args), pass_env=args.pass_env,
         prepare_only=args.prepare_only,
     )
-    print(result.output)
-    return cli.Outcome(details=result.details())
+
+
+STEP = Step(
+    name="execute", description="Execute a notebook with papermill; every failure has its exit code.",
+    add_arguments=add_arguments, call=_call, details=ExecuteResult.details, stdout=lambda result: result.output,
+    record_dir=lambda a: a.record_dir or Path(a.output).parent,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.execute", "Execute a notebook with papermill; every failure has its exit code.")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.execute", p, argv, _impl, step="execute",
-                       record_dir=lambda a: a.record_dir or Path(a.output).parent)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors, fsutil, record
+from gpuflow.core import errors, fsutil, record
 from gpuflow.core.fsutil import atomic_write_text, sha256_file
 from gpuflow.core.log import log
+from gpuflow.core.step import Step, Verdict
 from gpuflow.report.junit import parse_junit
 from gpuflow.report.model import Summary
 
@@ -241,7 +242,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="exit with the summarised status (default: 0 once the summary is written)")
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> Summary:
     if args.run:
         summary = write_run_summary(args.artifact_dir, title=args.title, pipeline_status=args.pipeline_status)
     else:
@@ -250,15 +251,21 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
         write_results(args.results_dir, summary, Path(args.artifact_dir) / "summary.json")
     log.info(str(summary))
     print(Path(args.artifact_dir) / "index.html")
-    return cli.Outcome(exit_code=summary.exit_code if args.exit_code else 0,
-                       details={"status": summary.status, "exit_code": summary.exit_code})
+    return summary
+
+
+STEP = Step(
+    name="summary", description="Write summary.json, STEP_SUMMARY.md and index.html from step records.",
+    add_arguments=add_arguments, call=_call,
+    details=lambda summary: {"status": summary.status, "exit_code": summary.exit_code},
+    # no record of its own: the summary must not summarise itself
+    record_dir=lambda a: None,
+    verdict=lambda args, summary: Verdict(exit_code=summary.exit_code if args.exit_code else 0),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.summary", "Write summary.json, STEP_SUMMARY.md and index.html from step records.")
-    add_arguments(p)
-    # no record of its own: the summary must not summarise itself
-    return cli.run_cli("gpuflow.summary", p, argv, _impl)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """The one exception hierarchy of gpuflow; each class carries its exit code.
 
-`gpuflow.core.cli.run_cli` is the one place that turns these into exit codes and
-one-line messages. Nothing below a CLI's `main` calls `sys.exit`.
+`failure` is the one place that turns an exception into an exit code, a
+one-line message and the details for the step record; the step harness
+(`gpuflow.core.step`) uses it for a step's CLI and for `gpuflow run` alike.
+Nothing below a CLI's `main` calls `sys.exit`.
 """
 from __future__ import annotations
 
+import errno
+import traceback as _traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 SUCCESS = 0
@@ -147,13 +152,42 @@ EXIT_CODES: dict[int, str] = {
 _RANK = {code: i for i, code in enumerate(EXIT_CODES)}
 
 
+# A full disk or quota is the machine's fault, not a bug (EFBIG: a file-size
+# limit, as RLIMIT_FSIZE or a filesystem's largest file sets it).
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What an exception means for a step: its exit code, one line for a
+    person (without the step's name), the details for its record, and the
+    traceback, which only a bug (exit 70) carries."""
+
+    code: int
+    line: str
+    details: dict[str, Any] = field(default_factory=dict)
+    traceback: str | None = None
+
+
+def failure(exc: BaseException) -> Failure:
+    """The one mapping from an exception to a step's outcome."""
+    if isinstance(exc, (GpuflowError, Stopped)):
+        return Failure(exc.exit_code, _first_line(exc), dict(exc.details))
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure(Interrupted.exit_code, _first_line(exc))
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return Failure(InfraError.exit_code, f"disk full while writing: {exc}")
+    return Failure(INTERNAL, _first_line(exc), traceback="".join(_traceback.format_exception(exc)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The exit code of an exception under gpuflow's taxonomy."""
-    if isinstance(exc, (GpuflowError, Stopped)):
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        return Interrupted.exit_code
-    return INTERNAL
+    return failure(exc).code
 
 
 def worst(codes: list[int] | tuple[int, ...]) -> int:

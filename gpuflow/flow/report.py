@@ -67,10 +67,12 @@ def finish_run(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
     try:
         summary.write_run_summary(run_dir, title=f"gpuflow run {run_dir.name} ({cfg.profile})")
         result = _with_summary(result, "ok", 0)
-    except (errors.GpuflowError, OSError) as exc:
-        log.error(cli.fail_line("gpuflow.summary", exc))
-        result = _with_summary(result, "failed", exc.exit_code if isinstance(exc, errors.GpuflowError)
-                               else errors.INTERNAL)
+    except Exception as exc:  # the run's own outcome stands; the summary's failure is added to it
+        failed = errors.failure(exc)
+        if failed.traceback:
+            log.error(failed.traceback)
+        log.error(cli.fail_line("gpuflow.summary", failed))
+        result = _with_summary(result, "failed", failed.code)
     schedule = {
         "run_id": run_dir.name, "exit_code": result.exit_code, "profile": cfg.profile,
         "makespan_s": result.makespan_s, "slots": result.slots,
