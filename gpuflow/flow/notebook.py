@@ -1,5 +1,6 @@
 """One notebook's way through `gpuflow run`: execute -> convert -> stage ->
-test, calling the same step functions as the step CLIs.
+test, calling the same step functions as the step CLIs, each through the
+same step harness (`gpuflow.core.step`): resume check, call, record, stamp.
 
 Execute runs as its own `python -m gpuflow.execute` process: one kernel per
 process keeps parallel notebooks clear of the ZMQ-context and port races that
