@@ -172,15 +172,16 @@ class Failure:
 def failure(exc: BaseException) -> Failure:
     """The one mapping from an exception to a step's outcome."""
     if isinstance(exc, (GpuflowError, Stopped)):
-        return Failure(exc.exit_code, _first_line(exc), dict(exc.details))
+        return Failure(exc.exit_code, first_line(exc), dict(exc.details))
     if isinstance(exc, KeyboardInterrupt):
-        return Failure(Interrupted.exit_code, _first_line(exc))
+        return Failure(Interrupted.exit_code, first_line(exc))
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         return Failure(InfraError.exit_code, f"disk full while writing: {exc}")
-    return Failure(INTERNAL, _first_line(exc), traceback="".join(_traceback.format_exception(exc)))
+    return Failure(INTERNAL, first_line(exc), traceback="".join(_traceback.format_exception(exc)))
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only; its type's name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
