@@ -16,10 +16,10 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gpuflow.core import cli, errors, proc
 from gpuflow.core import step as harness
@@ -33,6 +33,7 @@ from gpuflow.flow.report import RunResult
 from gpuflow.flow.schedule import Pool, Slot, slots_for
 
 WORK = ".work"
+R = TypeVar("R")
 
 # The once-per-run steps, recorded under RUN_DIR/steps/; what one raises ends the run.
 PREFLIGHT = Step[dict[str, Any]](name="preflight", details=lambda facts: dict(facts))
@@ -76,18 +77,18 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     error: str | None = None
     t0 = time.monotonic()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-repo")
-    # one waiting pytest per notebook in flight (see flowsteps.start_tests)
+    # one waiting pytest per notebook in flight (see flow.notebook.start_tests)
     testers = ThreadPoolExecutor(max_workers=max(1, cfg.jobs, len(cfg.gpus.split(","))),
                                  thread_name_prefix="early-tests")
     try:
-        facts = harness.run(PREFLIGHT, run_dir, lambda: _preflight(cfg)).result()
-        repo_dir = harness.run(REPO, run_dir, lambda: _notebook_repo(cfg, run_dir, resume)).result()
+        facts = _run_level(run_dir, PREFLIGHT, lambda: _preflight(cfg))
+        repo_dir = _run_level(run_dir, REPO, lambda: _notebook_repo(cfg, run_dir, resume))
         if reconfigure is not None and not cfg.repo_is_local:
             resolved = reconfigure(repo_dir)
             cfg = resolved.config
             _save_config(run_dir, resolved)
         if cfg.datasets:
-            harness.run(DATASETS, run_dir, lambda: _datasets(cfg, repo_dir)).result()
+            _run_level(run_dir, DATASETS, lambda: _datasets(cfg, repo_dir))
         jobs = expand_notebooks(cfg, repo_dir, run_dir)
         _warm_convert()
         slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [])
@@ -130,6 +131,15 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     result = RunResult(run_dir=run_dir, exit_code=errors.worst(codes), notebooks=results,
                        makespan_s=makespan, slots=slot_report, index_html=None, stopped=stopped, error=error)
     return run_report.finish_run(result, cfg)
+
+
+def _run_level(run_dir: Path, step: Step[R], call: Callable[[], R]) -> R:
+    """A once-per-run step, recorded under RUN_DIR/steps/; what it raises
+    ends the run (a bug's traceback is logged where the run maps it)."""
+    ran = harness.run(step, run_dir, call)
+    if ran.error:
+        log.error(f"{run_dir.name}: {ran.error}")
+    return ran.result()
 
 
 def _preflight(cfg: cfgmod.FlowConfig) -> dict[str, Any]:
@@ -175,7 +185,7 @@ def _fetch_test_repo(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
         fetch_repo(cfg.test_repo, base, token_env=cfg.token_env)
         return TestBase(repo=base, python=python_for(base))
 
-    return harness.run(TEST_ENV, run_dir, prepare).result()
+    return _run_level(run_dir, TEST_ENV, prepare)
 
 
 def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> list[NotebookJob]:
