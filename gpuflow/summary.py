@@ -16,16 +16,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors, fsutil, record
+from gpuflow.core import artifacts, cli, errors, fsutil, record
+from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text, sha256_file
 from gpuflow.core.log import log
 from gpuflow.report.junit import parse_junit
 from gpuflow.report.model import Summary
 
-OUTPUTS = ("summary.json", "STEP_SUMMARY.md", "index.html")
 EXPECTED_STEPS = ("execute", "convert", "stage", "test")
 ORDER = ("preflight", "clone", "download", "execute", "convert", "stage", "test")
-TEST_FILES = ("coverage.xml", "pytest_results.xml", "pytest_report.html", "pytest_output.log")
 # step record detail keys that name a file the step wrote
 FILE_KEYS = ("output", "html", "log")
 MIB = 1 << 20
@@ -50,10 +49,9 @@ def _steps(records: list[record.StepRecord]) -> tuple[list[dict[str, Any]], list
 
 
 def _tests(artifact_dir: Path) -> dict[str, Any] | None:
-    junit = artifact_dir / "pytest_results.xml"
+    junit, log_file = ArtifactDir(artifact_dir).junit_xml, ArtifactDir(artifact_dir).pytest_log
     if not junit.is_file():
         return None
-    log_file = artifact_dir / "pytest_output.log"
     output = log_file.read_text(encoding="utf-8", errors="replace") if log_file.is_file() else ""
     try:
         counts = parse_junit(junit, output)
@@ -108,13 +106,13 @@ def _expected_files(artifact_dir: Path, records: list[record.StepRecord]) -> lis
     files: list[Path] = []
     for rec in records:
         if rec.name == "test":  # its record lives beside its outputs
-            files += [artifact_dir / name for name in TEST_FILES]
+            files += ArtifactDir(artifact_dir).test_outputs
         files += [_locate(str(rec.details[k]), artifact_dir) for k in FILE_KEYS if rec.details.get(k)]
     return files
 
 
 def _artifacts(artifact_dir: Path, records: list[record.StepRecord]) -> tuple[list[dict[str, Any]], list[str]]:
-    found = {p for p in artifact_dir.iterdir() if p.is_file() and p.name not in OUTPUTS}
+    found = {p for p in artifact_dir.iterdir() if p.is_file() and p.name not in artifacts.SUMMARY_OUTPUTS}
     expected = _expected_files(artifact_dir, records)
     found |= {p for p in expected if p.is_file()}
     rows = [{"path": _rel(p, artifact_dir), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -160,7 +158,7 @@ def build_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
     return Summary(
         title=title or artifact_dir.resolve().name, status="success" if code == 0 else "failed",
         exit_code=code, steps=steps, tests=_tests(artifact_dir), notebook=_notebook(records),
-        gpu=gpu_facts(artifact_dir / "telemetry.json"), artifacts=artifacts,
+        gpu=gpu_facts(ArtifactDir(artifact_dir).telemetry), artifacts=artifacts,
         missing=missing_records + missing_files,
     )
 
@@ -172,9 +170,10 @@ def write_summary(artifact_dir: Path, *, title: str | None = None, append: bool 
 
     summary = build_summary(artifact_dir, title=title)
     markdown = render.markdown(summary)
-    atomic_write_text(Path(artifact_dir) / "summary.json", summary.to_json())
-    atomic_write_text(Path(artifact_dir) / "STEP_SUMMARY.md", markdown)
-    atomic_write_text(Path(artifact_dir) / "index.html", render.page(summary, Path(artifact_dir)))
+    out = ArtifactDir(artifact_dir)
+    atomic_write_text(out.summary_json, summary.to_json())
+    atomic_write_text(out.step_summary, markdown)
+    atomic_write_text(out.index_html, render.page(summary, out))
     if append:
         append_step_summary(markdown)
     return summary
@@ -193,11 +192,10 @@ def write_run_summary(run_dir: Path, *, title: str | None = None,
     a table of notebooks with their status and links."""
     from gpuflow.report import render
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     # no run dir at all (the clone failed before any notebook ran) is a failed run, not a crash
-    found = run_dir.iterdir() if run_dir.is_dir() else iter(())
-    dirs = sorted(p for p in found if p.is_dir() and (p / record.RECORD_DIR).is_dir())
-    parts = [(d.name, write_summary(d, append=False)) for d in dirs]
+    dirs = run.notebook_dirs()
+    parts = [(d.path.name, write_summary(d.path, append=False)) for d in dirs]
     code = errors.worst([s.exit_code for _, s in parts]) if parts else errors.StepFailed.exit_code
     steps = [{"name": name, "status": s.status, "exit_code": s.exit_code, "duration_s": None,
               "error": next((r["error"] for r in s.steps if r["error"]), None)} for name, s in parts]
@@ -211,12 +209,12 @@ def write_run_summary(run_dir: Path, *, title: str | None = None,
                       exit_code=code, steps=steps, tests=None, notebook={}, gpu=None, artifacts=[],
                       missing=missing)
     markdown = render.run_markdown(summary, parts)
-    atomic_write_text(run_dir / "summary.json", json.dumps(
+    atomic_write_text(run.summary_json, json.dumps(
         {**asdict(summary), "notebooks": {n: asdict(s) for n, s in parts}}, indent=2, default=str))
-    atomic_write_text(run_dir / "STEP_SUMMARY.md", markdown)
-    atomic_write_text(run_dir / "index.html", render.run_page(summary, parts))
+    atomic_write_text(run.step_summary, markdown)
+    atomic_write_text(run.index_html, render.run_page(summary, parts))
     # the run table first, then each notebook's details
-    append_step_summary("\n".join([markdown, *((d / "STEP_SUMMARY.md").read_text(encoding="utf-8")
+    append_step_summary("\n".join([markdown, *(d.step_summary.read_text(encoding="utf-8")
                                               for d in dirs)]))
     return summary
 
@@ -247,9 +245,9 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     else:
         summary = write_summary(args.artifact_dir, title=args.title)
     if args.results_dir is not None:
-        write_results(args.results_dir, summary, Path(args.artifact_dir) / "summary.json")
+        write_results(args.results_dir, summary, ArtifactDir(args.artifact_dir).summary_json)
     log.info(str(summary))
-    print(Path(args.artifact_dir) / "index.html")
+    print(ArtifactDir(args.artifact_dir).index_html)
     return cli.Outcome(exit_code=summary.exit_code if args.exit_code else 0,
                        details={"status": summary.status, "exit_code": summary.exit_code})
 

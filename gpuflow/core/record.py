@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import redact
-
-RECORD_DIR = "steps"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +49,7 @@ def finished(
 
 
 def write(artifact_dir: str | os.PathLike[str], record: StepRecord) -> Path:
-    return atomic_write_text(Path(artifact_dir) / RECORD_DIR / f"{record.name}.json", record.to_json())
+    return atomic_write_text(ArtifactDir(artifact_dir).record(record.name), record.to_json())
 
 
 def _load(path: Path) -> StepRecord | None:
@@ -62,12 +61,12 @@ def _load(path: Path) -> StepRecord | None:
 
 def read(artifact_dir: str | os.PathLike[str], name: str) -> StepRecord | None:
     """One step's record, or None when it is missing or unreadable."""
-    return _load(Path(artifact_dir) / RECORD_DIR / f"{name}.json")
+    return _load(ArtifactDir(artifact_dir).record(name))
 
 
 def read_all(artifact_dir: str | os.PathLike[str]) -> list[StepRecord]:
     """Every readable record in the dir, oldest first; unreadable ones are skipped."""
-    folder = Path(artifact_dir) / RECORD_DIR
+    folder = ArtifactDir(artifact_dir).records
     paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
     records = [r for r in map(_load, paths) if r is not None]
     return sorted(records, key=lambda r: r.started_at or "")

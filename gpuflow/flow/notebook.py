@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import errors, proc, record
+from gpuflow.core import artifacts, errors, proc, record
+from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.cli import fail_line
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
@@ -40,11 +41,11 @@ class NotebookJob:
 
     @property
     def output(self) -> Path:
-        return self.dir / f"{self.name}_output.ipynb"
+        return ArtifactDir(self.dir).output_notebook(self.name)
 
     @property
     def html(self) -> Path:
-        return self.dir / f"{self.name}_output.html"
+        return ArtifactDir(self.dir).output_html(self.name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,7 +137,7 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
         return "kept", 0
     cmd = [sys.executable, "-m", "gpuflow.execute", str(job.notebook), str(job.output),
            "-y", json.dumps(params), "--kernel", cfg.kernel, "--cwd", str(job.notebook.parent),
-           "--log", str(job.dir / "papermill.log"), "--record-dir", str(job.dir),
+           "--log", str(ArtifactDir(job.dir).papermill_log), "--record-dir", str(job.dir),
            # INFO, as the Tekton workflow ran papermill: kernel message dumps drown parallel logs
            "--no-progress-bar", "--log-level", "INFO", *_guard_flags(cfg)]
     if timeout is not None:
@@ -190,7 +191,7 @@ def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> tuple[s
     inputs = digest(job.output, "lab", sanitize_html)
 
     def convert() -> dict[str, Any]:
-        res = convert_notebook(job.output, job.html, log_path=job.dir / "jupyter_nbconvert.log",
+        res = convert_notebook(job.output, job.html, log_path=ArtifactDir(job.dir).nbconvert_log,
                                sanitize_html=sanitize_html)
         return {"html": str(res.html), "bytes": res.bytes}
 
@@ -203,7 +204,7 @@ def _copy_test_repo(flow: Flow, job: NotebookJob) -> Path:
     from gpuflow.stage import fetch_repo
 
     assert flow.test_base is not None
-    dest = flow.run_dir / ".work" / job.name / "test-repo"
+    dest = RunDir(flow.run_dir).notebook_test_repo(job.name)
     fetch_repo(str(flow.test_base.result().repo), dest)
     return dest
 
@@ -253,8 +254,7 @@ class EarlyTests:
 def start_tests(flow: Flow, job: NotebookJob, copy: Future[Path]) -> EarlyTests:
     from gpuflow.test import run_tests
 
-    work = flow.run_dir / ".work" / job.name
-    gate, out_dir = work / "pytest-gate", work / "pytest-out"
+    gate, out_dir = RunDir(flow.run_dir).pytest_gate(job.name), RunDir(flow.run_dir).pytest_scratch(job.name).path
     gate.unlink(missing_ok=True)
 
     def tests() -> Any:
@@ -267,17 +267,15 @@ def start_tests(flow: Flow, job: NotebookJob, copy: Future[Path]) -> EarlyTests:
 
 
 def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> tuple[str, int]:
-    from gpuflow.test import OUTPUTS
-
     assert flow.test_base is not None
     cfg = flow.config
-    outputs = [job.dir / n for n in ("pytest_results.xml", "pytest_report.html", "pytest_output.log")]
+    outputs = list(ArtifactDir(job.dir).test_outputs)  # coverage.xml too: a kept test step needs it
     inputs = digest(job.html, cfg.test_repo, cfg.marker, staged_name(cfg, job.stem))
 
     def test() -> dict[str, Any]:
         early.release("go")
         res = early.future.result()
-        for name in OUTPUTS:  # the reports move from the scratch dir to the notebook's artifacts
+        for name in artifacts.TEST_OUTPUTS:  # the reports move from the scratch dir to the notebook's artifacts
             if (early.out_dir / name).exists():
                 os.replace(early.out_dir / name, job.dir / name)
         res.raise_for_status()

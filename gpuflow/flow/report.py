@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow.core import cli, errors
+from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 from gpuflow.flow import config as cfgmod
@@ -40,7 +41,7 @@ def slot_report(slots: list[Slot], pool: Any, makespan: float, results: list[Not
         report[slot.name] = {
             "gpu": slot.gpu, "notebooks": [r.name for r in mine], "busy_s": round(busy, 3),
             "busy_fraction": round(busy / makespan, 3) if makespan > 0 else 0.0,
-            "gpu_utilisation_mean": _telemetry_mean([run_dir / r.name / "telemetry.json" for r in mine]),
+            "gpu_utilisation_mean": _telemetry_mean([RunDir(run_dir).notebook(r.name).telemetry for r in mine]),
         }
     return report
 
@@ -61,7 +62,7 @@ def finish_run(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
     makespan, slots), which is also added to the summary's JSON and Markdown."""
     from gpuflow import summary
 
-    run_dir = result.run_dir
+    run_dir, run = result.run_dir, RunDir(result.run_dir)
     # one call writes every notebook's summary too: each notebook's summary is
     # appended to $GITHUB_STEP_SUMMARY exactly once
     try:
@@ -77,14 +78,14 @@ def finish_run(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
         "stopped": str(result.stopped) if result.stopped else None, "error": result.error,
     }
     data = {**schedule, "notebooks": [dict(n.__dict__) for n in result.notebooks]}
-    atomic_write_text(run_dir / "run.json", json.dumps(data, indent=2, default=str))
-    index = run_dir / "index.html"
+    atomic_write_text(run.run_json, json.dumps(data, indent=2, default=str))
+    index = run.index_html
     if not index.is_file():
         return result
-    data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    atomic_write_text(run_dir / "summary.json", json.dumps({**data, "run": schedule}, indent=2, default=str))
-    markdown = (run_dir / "STEP_SUMMARY.md").read_text(encoding="utf-8")
-    atomic_write_text(run_dir / "STEP_SUMMARY.md", markdown.rstrip("\n") + "\n\n" + schedule_markdown(result))
+    data = json.loads(run.summary_json.read_text(encoding="utf-8"))
+    atomic_write_text(run.summary_json, json.dumps({**data, "run": schedule}, indent=2, default=str))
+    markdown = run.step_summary.read_text(encoding="utf-8")
+    atomic_write_text(run.step_summary, markdown.rstrip("\n") + "\n\n" + schedule_markdown(result))
     return replace(result, index_html=index)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow.core import record
+from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.fsutil import atomic_write_text, sha256_file
 
 INPUTS_KEY = "inputs_sha256"
@@ -52,11 +53,11 @@ class StepCache:
         """Note the inputs before a step CLI runs, and drop its old record: a
         run that dies after the CLI recorded success but before `stamp` still
         knows which inputs that success was for."""
-        (self.artifact_dir / record.RECORD_DIR / f"{step}.json").unlink(missing_ok=True)
+        ArtifactDir(self.artifact_dir).record(step).unlink(missing_ok=True)
         atomic_write_text(self._intent(step), inputs)
 
     def _intent(self, step: str) -> Path:
-        return self.artifact_dir / record.RECORD_DIR / f"{step}.inputs"
+        return ArtifactDir(self.artifact_dir).record_intent(step)
 
     def stamp(self, step: str, inputs: str, outputs: list[Path]) -> None:
         """Add the inputs digest and outputs to a record a step CLI wrote."""

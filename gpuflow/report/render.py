@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from gpuflow.core import tables
+from gpuflow.core import artifacts, tables
+from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.report.model import Summary
 
 ICON = {"success": "✅", "failed": "❌", "skipped": "⏩"}
 TEST_ROWS = (("passed", "✅ Passed"), ("failed", "❌ Failed"), ("skipped", "⏩ Skipped"),
              ("errors", "💥 Errors"), ("xfailed", "🔶 XFailed"), ("xpassed", "⚠️ XPassed"))
 # what index.html links, when it exists: (label, how to find it)
-LINKS = (("Notebook HTML", "*_output.html"), ("Pytest report", "pytest_report.html"),
-         ("Pytest output", "pytest_output.log"), ("Papermill log", "papermill.log"),
-         ("nbconvert log", "jupyter_nbconvert.log"), ("Coverage", "coverage.xml"),
-         ("JUnit XML", "pytest_results.xml"), ("summary.json", "summary.json"),
-         ("STEP_SUMMARY.md", "STEP_SUMMARY.md"))
+LINKS = (("Notebook HTML", artifacts.OUTPUT_HTML_GLOB), ("Pytest report", artifacts.PYTEST_HTML),
+         ("Pytest output", artifacts.PYTEST_LOG), ("Papermill log", artifacts.PAPERMILL_LOG),
+         ("nbconvert log", artifacts.NBCONVERT_LOG), ("Coverage", artifacts.COVERAGE_XML),
+         ("JUnit XML", artifacts.JUNIT_XML), (artifacts.SUMMARY_JSON, artifacts.SUMMARY_JSON),
+         (artifacts.STEP_SUMMARY_MD, artifacts.STEP_SUMMARY_MD))
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 caption{text-align:left;font-weight:bold;padding:.3em 0}.success{color:#1a7f37}.failed{color:#cf222e}
@@ -69,7 +69,7 @@ def markdown(summary: Summary) -> str:
                                           [(label, summary.tests[k]) for k, label in TEST_ROWS]), ""]
         lines += [f"- ❌ `{t}`" for t in summary.tests["failing"]] + ([""] if summary.tests["failing"] else [])
     else:
-        lines += ["### Tests", "⚠️ No JUnit XML (pytest_results.xml): the tests did not run or wrote no results.", ""]
+        lines += ["### Tests", f"⚠️ No JUnit XML ({artifacts.JUNIT_XML}): the tests did not run or wrote no results.", ""]
     facts = _fact_rows(summary)
     if facts:
         lines += ["### Notebook and GPU", *_md_table(("Fact", "Value"), facts), ""]
@@ -115,10 +115,10 @@ def _document(title: str, body: Sequence[str]) -> str:
             + "".join(body) + "</body></html>\n")
 
 
-def _links(artifact_dir: Path) -> str:
+def _links(artifact_dir: ArtifactDir) -> str:
     items = []
     for label, pattern in LINKS:
-        found = sorted(artifact_dir.glob(pattern)) if "*" in pattern else [artifact_dir / pattern]
+        found = sorted(artifact_dir.path.glob(pattern)) if "*" in pattern else [artifact_dir.path / pattern]
         for path in found:
             if path.is_file():  # index.html is written last: summary.json is there
                 items.append(f'<li><a href="{html.escape(path.name)}">{html.escape(label)}</a></li>')
@@ -127,7 +127,7 @@ def _links(artifact_dir: Path) -> str:
     return "<h2>Files</h2><ul>" + "".join(items) + "</ul>"
 
 
-def page(summary: Summary, artifact_dir: Path) -> str:
+def page(summary: Summary, artifact_dir: ArtifactDir) -> str:
     body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>',
             tables.table(_step_rows(summary, icons=False), header=("Status", "Step", "Exit", "Duration", "Error"),
                          caption="Steps")]
@@ -149,7 +149,7 @@ def page(summary: Summary, artifact_dir: Path) -> str:
 
 def run_page(summary: Summary, parts: Sequence[tuple[str, Summary]]) -> str:
     rows = "".join(
-        f'<tr><td class="{s.status}">{s.status}</td><td><a href="{html.escape(name)}/index.html">'
+        f'<tr><td class="{s.status}">{s.status}</td><td><a href="{html.escape(name)}/{artifacts.INDEX_HTML}">'
         f"{html.escape(name)}</a></td><td>{s.exit_code}</td>"
         + "".join(f"<td>{tables.cell(v)}</td>" for v in _test_cells(s)) + "</tr>" for name, s in parts)
     table = ("<table><caption>Notebooks</caption><tr><th>Status</th><th>Notebook</th><th>Exit</th>"

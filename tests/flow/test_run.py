@@ -104,6 +104,24 @@ def test_resume_after_a_crash_keeps_the_executed_notebook(tmp_path: Path, test_r
     assert "10" in (nb_dir / "nb_output.ipynb").read_text()
 
 
+def test_resume_redoes_the_tests_when_their_coverage_is_gone(tmp_path: Path, test_repo: Path) -> None:
+    repo = tmp_path / "nbs"
+    notebook(repo / "nb.ipynb", OK)
+    out = tmp_path / "out"
+    assert main([*base_args(repo, test_repo, out), "--notebooks", "nb.ipynb"]) == 0
+    run_dir = only_run(out)
+    coverage = run_dir / "nb" / "coverage.xml"
+    tested = json.loads((run_dir / "nb" / "steps" / "test.json").read_text())
+    assert str(coverage) in tested["details"]["outputs"]
+    coverage.unlink()
+    assert main(["--resume", str(run_dir)]) == 0
+    steps = run_json(run_dir)["notebooks"][0]["steps"]
+    assert steps["execute"] == "kept" and steps["test"] != "kept", steps
+    assert coverage.is_file()
+    again = json.loads((run_dir / "nb" / "steps" / "test.json").read_text())
+    assert again["started_at"] != tested["started_at"]
+
+
 def test_lite_names_and_html_template(tmp_path: Path, test_repo: Path) -> None:
     repo = tmp_path / "nbs"
     notebook(repo / "scrna.ipynb", OK)

@@ -9,6 +9,7 @@ import pytest
 
 from gpuflow import convert, stage
 from gpuflow import test as testrun
+from gpuflow.core import artifacts
 from tests.report.conftest import executed_notebook
 
 TESTS = '''
@@ -47,7 +48,7 @@ def test_counts_match_the_junit_xml(tmp_path: Path) -> None:
     assert (result.passed, result.failed, result.errors, result.skipped, result.xfailed, result.xpassed) == \
         (2, 1, 1, 1, 1, 1)
     assert sorted(result.failing) == ["test_mix::test_bad", "test_mix::test_error"]
-    for name in testrun.OUTPUTS:
+    for name in artifacts.TEST_OUTPUTS:
         assert (out / name).is_file(), name
     suite = ET.parse(out / "pytest_results.xml").getroot().find("testsuite")
     assert suite is not None
