@@ -124,10 +124,14 @@ def satisfied(requirement_files: Sequence[Path]) -> bool:
 
 
 def _install(cmd: list[str], cwd: Path | None = None) -> None:
+    # pip reads PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX... from our environment: it is passed on
     try:
         proc.call(cmd, cwd=cwd, on_line=log.raw)
     except errors.CommandError as exc:
         raise errors.InfraError(f"installing the test environment failed: {exc}") from None
+    finally:
+        # an install changes what an interpreter can import: the next probe looks again
+        _missing_plugins.cache_clear()
 
 
 def _venv(repo_dir: Path, files: list[Path]) -> str:
