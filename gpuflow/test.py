@@ -25,10 +25,10 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gpuflow.core import artifacts, cli, errors, proc, tables
+from gpuflow.core import artifacts, cli, errors, proc, record, tables
 from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.cachedir import cache_dir
 from gpuflow.core.log import log
@@ -56,9 +56,9 @@ class TestResult(TestCounts):
         return tables.dataclass_table(self)
 
     def details(self) -> dict[str, object]:
-        return {"passed": self.passed, "failed": self.failed, "errors": self.errors,
-                "skipped": self.skipped, "xfailed": self.xfailed, "xpassed": self.xpassed,
-                "failing": list(self.failing), "out_dir": str(self.out_dir)}
+        """The step record's details, in the shape `record.TestDetails` reads."""
+        counts = {f.name: getattr(self, f.name) for f in fields(TestCounts)}
+        return asdict(record.TestDetails(**counts, out_dir=str(self.out_dir)))
 
     def raise_for_status(self) -> None:
         """Raise the exception matching pytest's exit status (nothing on success)."""

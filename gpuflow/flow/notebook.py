@@ -25,7 +25,7 @@ from gpuflow.core.cli import fail_line
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 from gpuflow.flow import config as cfgmod
-from gpuflow.flow.resume import StepCache, digest
+from gpuflow.flow.resume import StepCache, digest, stamped
 from gpuflow.flow.schedule import Slot
 
 KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
@@ -73,7 +73,7 @@ class NotebookResult:
     name: str
     notebook: str
     slot: str
-    steps: dict[str, str]  # step -> ok | kept | skipped | failed
+    steps: dict[str, record.Status]
     codes: dict[str, int]
     exit_code: int
     failed_step: str | None
@@ -91,10 +91,10 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     t0 = time.monotonic()
     job.dir.mkdir(parents=True, exist_ok=True)
     cache = StepCache(job.dir, flow.resume)
-    steps: dict[str, str] = {}
+    steps: dict[str, record.Status] = {}
     codes: dict[str, int] = {}
 
-    def note(step: str, status: str, code: int) -> None:
+    def note(step: str, status: record.Status, code: int) -> None:
         steps[step], codes[step] = status, code
 
     copy = flow.background.submit(_copy_test_repo, flow, job) if flow.test_base is not None else None
@@ -126,7 +126,7 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     )
 
 
-def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tuple[str, int]:
+def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tuple[record.Status, int]:
     cfg = flow.config
     params = cfgmod.notebook_parameters(cfg)
     timeout = cfgmod.timeout_for(cfg, job.rel, job.stem)
@@ -172,7 +172,7 @@ def _kernel_never_started(code: int, rec: record.StepRecord | None) -> bool:
         return False
     # executed_cells is 0, not absent: absent means the execute process itself
     # died mid-run, which a retry would only repeat
-    return bool(rec.details.get("executed_cells", -1) == 0)
+    return rec.view(record.ExecuteDetails).executed_cells == 0
 
 
 def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
@@ -185,7 +185,7 @@ def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
     return flags
 
 
-def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> tuple[str, int]:
+def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> tuple[record.Status, int]:
     from gpuflow.convert import convert_notebook
 
     inputs = digest(job.output, "lab", sanitize_html)
@@ -209,7 +209,7 @@ def _copy_test_repo(flow: Flow, job: NotebookJob) -> Path:
     return dest
 
 
-def _stage(flow: Flow, job: NotebookJob, copy: Future[Path]) -> tuple[str, int]:
+def _stage(flow: Flow, job: NotebookJob, copy: Future[Path]) -> tuple[record.Status, int]:
     from gpuflow.stage import place_html
 
     def stage() -> dict[str, Any]:
@@ -266,7 +266,7 @@ def start_tests(flow: Flow, job: NotebookJob, copy: Future[Path]) -> EarlyTests:
     return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests))
 
 
-def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> tuple[str, int]:
+def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> tuple[record.Status, int]:
     assert flow.test_base is not None
     cfg = flow.config
     outputs = list(ArtifactDir(job.dir).test_outputs)  # coverage.xml too: a kept test step needs it
@@ -287,7 +287,7 @@ def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> 
 def in_process(
     directory: Path, step: str, fn: Callable[[], dict[str, Any]], *, cache: StepCache | None = None,
     inputs: str | None = None, outputs: list[Path] | None = None,
-) -> tuple[str, int]:
+) -> tuple[record.Status, int]:
     """Run a step function here, map what it raises to an exit code, record it."""
     if cache is not None and inputs is not None and cache.fresh(step, inputs, outputs or []):
         log.info(f"{directory.name}: {step} unchanged since the last run, kept (--resume)")
@@ -308,21 +308,21 @@ def in_process(
     if error:
         log.error(f"{directory.name}: {error}")
     if inputs is not None:
-        details = {**details, "inputs_sha256": inputs, "outputs": [str(p) for p in outputs or []]}
+        details = stamped(details, inputs, outputs or [])
     _record(directory, step, code, time.monotonic() - t0, error, details, started=started)
     return _status(code)
 
 
 def _record(
     directory: Path, step: str, code: int, took: float, error: str | None, details: dict[str, Any],
-    *, started: str | None = None, status: str | None = None,
+    *, started: str | None = None, status: record.Status | None = None,
 ) -> None:
     record.write(directory, record.finished(step, code, took, error=error, details=details,
                                             started_at=started, status=status))
 
 
-def _status(code: int) -> tuple[str, int]:
-    return ("ok" if code == 0 else "failed"), code
+def _status(code: int) -> tuple[record.Status, int]:
+    return ("success" if code == 0 else "failed"), code
 
 
 def _tail(text: str) -> str | None:

@@ -6,8 +6,10 @@ recorded, and every output it recorded still exists. Everything else is redone.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,6 @@ from typing import Any
 from gpuflow.core import record
 from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.fsutil import atomic_write_text, sha256_file
-
-INPUTS_KEY = "inputs_sha256"
-OUTPUTS_KEY = "outputs"
 
 
 def digest(*parts: Any) -> str:
@@ -41,7 +40,7 @@ class StepCache:
         if not self.enabled:
             return False
         rec = record.read(self.artifact_dir, step)
-        recorded = rec.details.get(INPUTS_KEY) if rec is not None else None
+        recorded = rec.view(record.ResumeDetails).inputs_sha256 if rec is not None else None
         if recorded is None and rec is not None:
             recorded = self._intent(step).read_text(encoding="utf-8") if self._intent(step).is_file() else None
         return (
@@ -64,5 +63,10 @@ class StepCache:
         rec = record.read(self.artifact_dir, step)
         if rec is None:
             return
-        details = {**rec.details, INPUTS_KEY: inputs, OUTPUTS_KEY: [str(p) for p in outputs]}
-        record.write(self.artifact_dir, record.StepRecord(**{**rec.__dict__, "details": details}))
+        record.write(self.artifact_dir, dataclasses.replace(rec, details=stamped(rec.details, inputs, outputs)))
+
+
+def stamped(details: dict[str, Any], inputs: str, outputs: Sequence[Path]) -> dict[str, Any]:
+    """A step's details plus what `fresh` checks: its inputs digest and its outputs."""
+    stamp = record.ResumeDetails(inputs_sha256=inputs, outputs=tuple(str(p) for p in outputs))
+    return {**details, **dataclasses.asdict(stamp)}
