@@ -28,11 +28,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gpuflow.core import artifacts, cli, errors, proc, record, tables
+from gpuflow.core import artifacts, cli, errors, proc, tables
 from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.cachedir import cache_dir
 from gpuflow.core.log import log
-from gpuflow.report.junit import TestCounts, parse_junit
+from gpuflow.report.junit import TestCounts, TestDetails, parse_junit
 
 PLUGINS = {"pytest_cov": "pytest-cov", "pytest_html": "pytest-html"}
 REQUIREMENT_FILES = ("requirements.txt", "requirements-test.txt", "requirements-dev.txt")
@@ -56,9 +56,9 @@ class TestResult(TestCounts):
         return tables.dataclass_table(self)
 
     def details(self) -> dict[str, object]:
-        """The step record's details, in the shape `record.TestDetails` reads."""
+        """The step record's details, in the shape `TestDetails` reads."""
         counts = {f.name: getattr(self, f.name) for f in fields(TestCounts)}
-        return asdict(record.TestDetails(**counts, out_dir=str(self.out_dir)))
+        return asdict(TestDetails(**counts, out_dir=str(self.out_dir)))
 
     def raise_for_status(self) -> None:
         """Raise the exception matching pytest's exit status (nothing on success)."""

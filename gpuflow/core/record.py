@@ -3,8 +3,9 @@
 `gpuflow.summary` reads them to tell what happened, so the summary is
 computed from what the steps recorded, never assumed. Readers see a record's
 details through typed views (`ExecuteDetails`, `ConvertDetails`,
-`TestDetails`, `ResumeDetails`), built here and only here, so a record written
-by an older gpuflow or edited by hand never crashes a reader.
+`ResumeDetails` here, `report.junit.TestDetails`), all built by
+`StepRecord.view`, so a record written by an older gpuflow or edited by hand
+never crashes a reader.
 """
 from __future__ import annotations
 
@@ -95,22 +96,6 @@ class ConvertDetails:
     @property
     def files(self) -> tuple[str, ...]:
         return tuple(p for p in (self.html, self.log) if p)
-
-
-@dataclass(frozen=True, kw_only=True)
-class TestDetails:
-    """What `gpuflow.test` records: pytest's counts and where its reports went."""
-
-    passed: int = 0
-    failed: int = 0
-    errors: int = 0
-    skipped: int = 0
-    xfailed: int = 0
-    xpassed: int = 0
-    failing: tuple[str, ...] = ()
-    out_dir: str | None = None
-
-    __test__ = False  # not a pytest test class
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,7 +9,8 @@ import pytest
 
 from gpuflow import convert, stage
 from gpuflow import test as testrun
-from gpuflow.core import artifacts
+from gpuflow.core import artifacts, record
+from gpuflow.report.junit import TestDetails
 from tests.report.conftest import executed_notebook
 
 TESTS = '''
@@ -65,6 +66,11 @@ def test_cli_exit_codes_and_records(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert testrun.main([str(repo), "--marker", "single_cell", "--out-dir", str(out), "--no-install"]) == 0
     rec = json.loads((out / "steps" / "test.json").read_text())
     assert rec["details"]["passed"] == 1
+    # what the step wrote is what its typed view reads back
+    typed = record.read(out, "test")
+    assert typed is not None
+    details = typed.view(TestDetails)
+    assert (details.passed, details.failing, details.out_dir) == (1, (), str(out.resolve()))
     # no test matches the marker: pytest's 5
     assert testrun.main([str(repo), "--marker", "gpu_only", "--out-dir", str(out), "--no-install"]) == 5
     assert "collected no tests" in capsys.readouterr().err
