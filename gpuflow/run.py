@@ -21,8 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gpuflow.core import cli, errors, proc
+from gpuflow.core import artifacts, cli, errors, proc
 from gpuflow.core import step as harness
+from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text, contained
 from gpuflow.core.log import log, redact
 from gpuflow.core.step import Step, Verdict
@@ -32,7 +33,6 @@ from gpuflow.flow.notebook import Flow, NotebookJob, NotebookResult, TestBase, r
 from gpuflow.flow.report import RunResult
 from gpuflow.flow.schedule import Pool, Slot, slots_for
 
-WORK = ".work"
 R = TypeVar("R")
 
 # The once-per-run steps, recorded under RUN_DIR/steps/; what one raises ends the run.
@@ -158,7 +158,7 @@ def _notebook_repo(cfg: cfgmod.FlowConfig, run_dir: Path, resume: bool) -> Path:
         return path
     from gpuflow.clone import clone
 
-    dest = run_dir / WORK / "repo"
+    dest = RunDir(run_dir).notebook_repo
     if resume and (dest / ".git").is_dir():
         return dest  # the resumed run's checkout: the notebooks' bytes decide what is redone
     return Path(clone(cfg.repo, dest, revision=cfg.revision, backup=False, token_env=cfg.token_env).path)
@@ -181,7 +181,7 @@ def _fetch_test_repo(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
     from gpuflow.test import python_for
 
     def prepare() -> TestBase:
-        base = run_dir / WORK / "test-repo"
+        base = RunDir(run_dir).test_repo
         fetch_repo(cfg.test_repo, base, token_env=cfg.token_env)
         return TestBase(repo=base, python=python_for(base))
 
@@ -235,7 +235,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
     # flock, not a pid file: the kernel drops it when a crashed run dies, so
     # --resume after a crash never finds a stale lock
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as fh:
+    with open(RunDir(run_dir).lock, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -250,7 +250,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
 def _save_config(run_dir: Path, resolved: cfgmod.Resolved) -> None:
     data = {"config": resolved.config.to_dict(), "sources": resolved.sources}
     # a token pasted into a repo URL must not land in the artifacts
-    atomic_write_text(run_dir / "config.json", redact(json.dumps(data, indent=2)))
+    atomic_write_text(RunDir(run_dir).config_json, redact(json.dumps(data, indent=2)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -263,18 +263,18 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | 
     saved = None
     if args.resume is not None:
         try:
-            saved = json.loads((args.resume / "config.json").read_text(encoding="utf-8"))["config"]
+            saved = json.loads(RunDir(args.resume).config_json.read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError):
             raise errors.InputError(f"--resume {args.resume}: no readable config.json there") from None
     cli_values = cfgmod.cli_values(args)
     first = cfgmod.resolve(cli=cli_values, env=env, config_file=args.config, saved=saved,
-                           saved_label=f"resume {args.resume}/config.json")
+                           saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
     if repo_dir is None and first.config.repo_is_local:
         repo_dir = Path(first.config.repo).expanduser()
     if repo_dir is None or args.config is not None:
         return first
     return cfgmod.resolve(cli=cli_values, env=env, config_file=None, repo_pyproject=repo_dir / "pyproject.toml",
-                          saved=saved, saved_label=f"resume {args.resume}/config.json")
+                          saved=saved, saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
 
 
 def _call(args: argparse.Namespace) -> RunResult | None:

@@ -19,7 +19,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -115,15 +115,15 @@ class Resume:
 
 @dataclass(frozen=True, kw_only=True)
 class Ran(Generic[R]):
-    """What one step came to. `status` is `gpuflow run`'s word for it (ok,
-    kept, failed, skipped); like a future, it holds the call's value or the
-    exception it raised (`result()`)."""
+    """What one step came to, with the record it left (none when kept, or
+    when it has no record dir); like a future, it holds the call's value or
+    the exception it raised (`result()`)."""
 
     step: str
-    status: str
+    status: record.Status
     exit_code: int
     error: str | None = None  # the one line, as recorded: "gpuflow.<step>: <message>"
-    details: dict[str, Any] = field(default_factory=dict)
+    record: record.StepRecord | None = None
     failure: errors.Failure | None = None  # set when the step raised in this process
     value: R | None = None
     exception: BaseException | None = None
@@ -145,21 +145,23 @@ def run(
     if kept is not None:
         return kept
     started, t0 = record.utc_now(), time.monotonic()
+    value: R | None = None
+    failed: errors.Failure | None = None
+    raised: BaseException | None = None
     try:
         value = call()
         details = step.details(value)
         judged = verdict(value) if verdict is not None else Verdict()
-        ran: Ran[R] = Ran(step=step.name, status=_status(judged.exit_code), exit_code=judged.exit_code,
-                          error=judged.error, details=details, value=value)
     except (Exception, errors.Stopped, KeyboardInterrupt) as exc:
-        failed = errors.failure(exc)
-        ran = Ran(step=step.name, status="failed", exit_code=failed.code, error=cli.fail_line(step.prog, failed),
-                  details=failed.details, failure=failed, exception=exc)
+        failed, raised = errors.failure(exc), exc
+        details, judged = failed.details, Verdict(failed.code, cli.fail_line(step.prog, failed))
+    rec = record.finished(step.name, judged.exit_code, time.monotonic() - t0, error=judged.error, details=details,
+                          started_at=started)
     if directory is not None:
-        _write(directory, record.finished(step.name, ran.exit_code, time.monotonic() - t0, error=ran.error,
-                                          details=ran.details, started_at=started))
+        _write(directory, rec)
         _stamp(step, directory, resume)
-    return ran
+    return Ran(step=step.name, status=rec.status, exit_code=rec.exit_code, error=rec.error,
+               record=rec if directory is not None else None, failure=failed, value=value, exception=raised)
 
 
 def run_child(
@@ -181,25 +183,25 @@ def run_child(
         done = spawn()
     except (Exception, errors.Stopped, KeyboardInterrupt) as exc:  # it never ran
         failed = errors.failure(exc)
-        error = cli.fail_line(step.prog, failed)
-        _write(directory, record.finished(step.name, failed.code, time.monotonic() - t0, error=error,
-                                          details=failed.details, started_at=started))
-        return Ran(step=step.name, status="failed", exit_code=failed.code, error=error, details=failed.details,
-                   failure=failed, exception=exc)
-    rec = record.read(directory, step.name)
-    if rec is None:  # the child died before it could record anything (a signal: 128 + signum)
-        died = done.returncode if done.returncode > 0 else 128 - done.returncode
-        rec = record.finished(step.name, died, time.monotonic() - t0, error=_tail(done.stdout), started_at=started)
+        rec = record.finished(step.name, failed.code, time.monotonic() - t0, error=cli.fail_line(step.prog, failed),
+                              details=failed.details, started_at=started)
         _write(directory, rec)
+        return Ran(step=step.name, status=rec.status, exit_code=rec.exit_code, error=rec.error, record=rec,
+                   failure=failed, exception=exc)
+    found = record.read(directory, step.name)
+    if found is None:  # the child died before it could record anything (a signal: 128 + signum)
+        died = done.returncode if done.returncode > 0 else 128 - done.returncode
+        found = record.finished(step.name, died, time.monotonic() - t0, error=_tail(done.stdout), started_at=started)
+        _write(directory, found)
     _stamp(step, directory, resume)
-    return Ran(step=step.name, status=_status(rec.exit_code), exit_code=rec.exit_code, error=rec.error,
-               details=rec.details)
+    return Ran(step=step.name, status=found.status, exit_code=found.exit_code, error=found.error, record=found)
 
 
 def skipped(step: Step[Any], directory: Path, reason: str) -> Ran[None]:
     """Record that `step` was deliberately not run."""
-    _write(directory, record.finished(step.name, 0, 0.0, details={"reason": reason}, status="skipped"))
-    return Ran(step=step.name, status="skipped", exit_code=0, details={"reason": reason})
+    rec = record.finished(step.name, 0, 0.0, details={"reason": reason}, status="skipped")
+    _write(directory, rec)
+    return Ran(step=step.name, status=rec.status, exit_code=0, record=rec)
 
 
 def _kept(step: Step[Any], directory: Path | None, resume: Resume | None) -> Ran[Any] | None:
@@ -224,10 +226,6 @@ def _write(directory: Path, rec: record.StepRecord) -> None:
     except (OSError, errors.GpuflowError) as exc:
         # a full disk must not turn the step's own outcome into a crash
         log.warning(f"could not write step record in {directory}: {redact(str(exc))}")
-
-
-def _status(code: int) -> str:
-    return "ok" if code == 0 else "failed"
 
 
 def _tail(text: str) -> str | None:

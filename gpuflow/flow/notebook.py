@@ -18,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuflow.core import errors, proc
+from gpuflow.core import artifacts, errors, proc, record
 from gpuflow.core import step as harness
+from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 from gpuflow.flow import config as cfgmod
@@ -42,11 +43,11 @@ class NotebookJob:
 
     @property
     def output(self) -> Path:
-        return self.dir / f"{self.name}_output.ipynb"
+        return ArtifactDir(self.dir).output_notebook(self.name)
 
     @property
     def html(self) -> Path:
-        return self.dir / f"{self.name}_output.html"
+        return ArtifactDir(self.dir).output_html(self.name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +75,7 @@ class NotebookResult:
     name: str
     notebook: str
     slot: str
-    steps: dict[str, str]  # step -> ok | kept | skipped | failed
+    steps: dict[str, record.Status]
     codes: dict[str, int]
     exit_code: int
     failed_step: str | None
@@ -143,7 +144,7 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> harn
                     cfg.max_cells, cfg.max_genes, cfg.seed, timeout, cfg.cell_timeout, cfg.pass_env)
     cmd = [sys.executable, "-m", "gpuflow.execute", str(job.notebook), str(job.output),
            "-y", json.dumps(params), "--kernel", cfg.kernel, "--cwd", str(job.notebook.parent),
-           "--log", str(job.dir / "papermill.log"), "--record-dir", str(job.dir),
+           "--log", str(ArtifactDir(job.dir).papermill_log), "--record-dir", str(job.dir),
            # INFO, as the Tekton workflow ran papermill: kernel message dumps drown parallel logs
            "--no-progress-bar", "--log-level", "INFO", *_guard_flags(cfg)]
     if timeout is not None:
@@ -175,7 +176,7 @@ def _kernel_never_started(ran: harness.Ran[None]) -> bool:
         return False
     # executed_cells is 0, not absent: absent means the execute process itself
     # died mid-run, which a retry would only repeat
-    return bool(ran.details.get("executed_cells", -1) == 0)
+    return ran.record is not None and ran.record.view(record.ExecuteDetails).executed_cells == 0
 
 
 def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
@@ -194,7 +195,7 @@ def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> harness
 
     resume = harness.Resume(cache, digest(job.output, "lab", sanitize_html), [job.html])
     return harness.run(CONVERT, job.dir, lambda: convert_notebook(
-        job.output, job.html, log_path=job.dir / "jupyter_nbconvert.log", sanitize_html=sanitize_html,
+        job.output, job.html, log_path=ArtifactDir(job.dir).nbconvert_log, sanitize_html=sanitize_html,
     ), resume=resume)
 
 
@@ -204,7 +205,7 @@ def _copy_test_repo(flow: Flow, job: NotebookJob) -> RepoResult:
     from gpuflow.stage import fetch_repo
 
     assert flow.test_base is not None
-    dest = flow.run_dir / ".work" / job.name / "test-repo"
+    dest = RunDir(flow.run_dir).notebook_test_repo(job.name)
     return fetch_repo(str(flow.test_base.result().repo), dest)
 
 
@@ -250,8 +251,7 @@ class EarlyTests:
 def start_tests(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> EarlyTests:
     from gpuflow.test import run_tests
 
-    work = flow.run_dir / ".work" / job.name
-    gate, out_dir = work / "pytest-gate", work / "pytest-out"
+    gate, out_dir = RunDir(flow.run_dir).pytest_gate(job.name), RunDir(flow.run_dir).pytest_scratch(job.name).path
     gate.unlink(missing_ok=True)
 
     def tests() -> Any:
@@ -264,18 +264,18 @@ def start_tests(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> Early
 
 
 def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> harness.Ran[Any]:
-    from gpuflow.test import OUTPUTS, TestResult
     from gpuflow.test import STEP as TEST
+    from gpuflow.test import TestResult
 
     assert flow.test_base is not None
     cfg = flow.config
-    outputs = [job.dir / n for n in ("pytest_results.xml", "pytest_report.html", "pytest_output.log")]
+    outputs = list(ArtifactDir(job.dir).test_outputs)  # coverage.xml too: a kept test step needs it
     inputs = digest(job.html, cfg.test_repo, cfg.marker, staged_name(cfg, job.stem))
 
     def test() -> TestResult:
         early.release("go")
         res: TestResult = early.future.result()
-        for name in OUTPUTS:  # the reports move from the scratch dir to the notebook's artifacts
+        for name in artifacts.TEST_OUTPUTS:  # the reports move from the scratch dir to the notebook's artifacts
             if (early.out_dir / name).exists():
                 os.replace(early.out_dir / name, job.dir / name)
         res = replace(res, out_dir=job.dir)
