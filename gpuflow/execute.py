@@ -66,6 +66,7 @@ def execute_notebook(
     env: Mapping[str, str] | None = None,
     pass_env: Sequence[str] = (),
     prepare_only: bool = False,
+    gpu_facts: Mapping[str, Any] | None = None,
 ) -> ExecuteResult:
     """Prepare and execute `input_path` into `output_path` (see module doc).
 
@@ -87,10 +88,11 @@ def execute_notebook(
         prepare.check_kernel(name)
     origin = {cell.get("id"): i for i, cell in enumerate(nb.cells)}
     opts = guard or _guard.GuardOptions()
-    facts = _guard.preflight(opts) if not prepare_only else {}
+    facts = _guard.preflight(opts, known=gpu_facts) if not prepare_only else {}
     cell_stats = _guard.cell_stats_path(opts, facts)
     report = prepare.prepare(nb, guard_source=_guard.setup_cell_source(opts, facts, cell_stats),
                              report_mode=report_mode)
+    guard_fallback = _guard.setup_cell_source(opts, facts, cell_stats, embed=True)
     params = dict(parameters or {})
     nb = _papermill_metadata(nb, params, input_path, output_path, name, report_mode)
     base = ExecuteResult(
@@ -114,14 +116,17 @@ def execute_notebook(
         try:  # whatever happens, what ran is saved
             nb_man.notebook_start()
             try:
-                with _guard.telemetry(opts, ArtifactDir(output_path.parent).telemetry, cell_stats):
-                    stop = engine.run_cells(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
+                with _guard.telemetry(opts, ArtifactDir(output_path.parent).telemetry, cell_stats, nb):
+                    stop = engine.run_cells(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger,
+                                            guard_fallback=guard_fallback)
             except errors.Stopped as exc:  # a signal before the kernel was up
                 stop = engine.Stop(exc=type(exc), what=str(exc), cell=None, banner=str(exc))
             finally:
                 nb_man.cleanup_pbar()
                 nb_man.notebook_complete()
-                _guard.finalize_notebook(nb)
+                guard_record = _guard.finalize_notebook(nb)
+                if guard_record:
+                    logger.info(_guard.describe(guard_record))
             stop = stop or _cell_error(nb)
             if stop is not None:
                 stop = _add_banner(nb, stop)
@@ -273,7 +278,7 @@ def _call(args: argparse.Namespace) -> ExecuteResult:
         timeout=args.timeout, report_mode=args.report_mode, log_path=args.log,
         log_level=args.log_level, progress_bar=args.progress_bar and log.format != "json",
         guard=_guard.options_from_args(args), pass_env=args.pass_env,
-        prepare_only=args.prepare_only,
+        prepare_only=args.prepare_only, gpu_facts=_guard.read_facts(args.gpu_facts),
     )
 
 

@@ -32,6 +32,7 @@ from gpuflow.flow import report as run_report
 from gpuflow.flow.notebook import Flow, NotebookJob, NotebookResult, TestBase, run_notebook
 from gpuflow.flow.report import RunResult
 from gpuflow.flow.schedule import Pool, Slot, slots_for
+from gpuflow.gpu.devices import default_device
 
 R = TypeVar("R")
 
@@ -81,7 +82,7 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     testers = ThreadPoolExecutor(max_workers=max(1, cfg.jobs, len(cfg.gpus.split(","))),
                                  thread_name_prefix="early-tests")
     try:
-        facts = _run_level(run_dir, PREFLIGHT, lambda: _preflight(cfg))
+        facts = _run_level(run_dir, PREFLIGHT, lambda: _preflight(cfg, run_dir))
         repo_dir = _run_level(run_dir, REPO, lambda: _notebook_repo(cfg, run_dir, resume))
         if reconfigure is not None and not cfg.repo_is_local:
             resolved = reconfigure(repo_dir)
@@ -91,7 +92,7 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
             _run_level(run_dir, DATASETS, lambda: _datasets(cfg, repo_dir))
         jobs = expand_notebooks(cfg, repo_dir, run_dir)
         _warm_convert()
-        slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [])
+        slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [], default_gpu=default_device(facts))
         test_base: Future[TestBase] | None = None
         if cfg.test_repo:
             test_base = executor.submit(_fetch_test_repo, cfg, run_dir)
@@ -142,12 +143,14 @@ def _run_level(run_dir: Path, step: Step[R], call: Callable[[], R]) -> R:
     return ran.result()
 
 
-def _preflight(cfg: cfgmod.FlowConfig) -> dict[str, Any]:
+def _preflight(cfg: cfgmod.FlowConfig, run_dir: Path) -> dict[str, Any]:
     from gpuflow.gpu import guard
 
     opts = guard.GuardOptions(gpu=cfg.gpu, rmm=cfg.rmm, rmm_pool_size=cfg.rmm_pool_size, lite=cfg.lite,
                               max_cells=cfg.max_cells, max_genes=cfg.max_genes, seed=cfg.seed)
-    return dict(guard.preflight(opts))
+    facts = dict(guard.preflight(opts))
+    guard.write_facts(facts, RunDir(run_dir).gpu_facts)
+    return facts
 
 
 def _notebook_repo(cfg: cfgmod.FlowConfig, run_dir: Path, resume: bool) -> Path:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Any
 
 POLICIES = ("auto", "pool", "managed", "async", "off", "notebook")
@@ -147,6 +148,14 @@ def setup_rmm(policy: str = "pool", pool_size: str | int | None = None) -> dict[
         raise ValueError(f"unknown RMM policy {policy!r}; one of {', '.join(POLICIES)}")
     record: dict[str, Any] = {"policy": policy, "applied": None, "pool_size": None, "fallback": None}
     STATE.update(policy=policy, enforce=policy != "notebook", fallback=None)
+    if policy == "off":
+        # nothing to set up, so nothing to import: CuPy and RMM cost a second
+        # or more to import and a CUDA context to ask; the notebook's own
+        # rmm.reinitialize calls are skipped whenever it imports rmm
+        guard_when_imported()
+        say("policy off: CuPy's default allocator; the notebook's rmm.reinitialize calls are skipped")
+        record["applied"] = "off"
+        return record
     cupy, rmm = _import("cupy"), _import("rmm")
     if rmm is not None:
         guard_reinitialize(rmm, cupy)
@@ -160,14 +169,8 @@ def setup_rmm(policy: str = "pool", pool_size: str | int | None = None) -> dict[
         say("policy notebook: the notebook's own rmm.reinitialize calls decide (guarded)")
         record["applied"] = "notebook"
         return record
-    if policy == "off" or rmm is None:
-        reason = None if policy == "off" else "rmm not importable"
-        if reason:
-            return _fallback(record, cupy, reason)
-        default_allocator(cupy)
-        say("policy off: CuPy's default allocator; the notebook's rmm.reinitialize calls are skipped")
-        record["applied"] = "off"
-        return record
+    if rmm is None:
+        return _fallback(record, cupy, "rmm not importable")
     applied = "pool" if policy == "auto" else policy
     try:
         size = parse_size(pool_size, device.get("total")) if applied in ("pool", "async") else None
@@ -229,6 +232,49 @@ def guard_reinitialize(rmm: Any, cupy: Any) -> None:
         _guard_set_allocator(cupy)
 
 
+class _AfterImport:
+    """A finder on `sys.meta_path` that runs `then(module)` right after
+    `name` is first imported, so a module can be guarded without importing it."""
+
+    def __init__(self, name: str, then: Any) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        import importlib.util
+
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader = getattr(spec, "loader", None)
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        exec_module = loader.exec_module
+
+        def run(module: Any) -> None:
+            exec_module(module)
+            try:
+                self.then(module)
+            except Exception as exc:  # the guard must never break the notebook's import
+                say(f"WARNING: could not guard {fullname}: {describe_failure(exc)}")
+
+        loader.exec_module = run
+        return spec
+
+
+def guard_when_imported() -> None:
+    """Guard `rmm.reinitialize` now if rmm is loaded, else as soon as the
+    notebook imports it; CuPy is looked at only if the notebook loaded it."""
+    def then(rmm: Any) -> None:
+        guard_reinitialize(rmm, sys.modules.get("cupy"))
+
+    if "rmm" in sys.modules:
+        then(sys.modules["rmm"])
+    elif not any(isinstance(f, _AfterImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport("rmm", then))
+
+
 def _guard_set_allocator(cupy: Any) -> None:
     # After a failed reinitialize the notebook's next line is usually
     # `cp.cuda.set_allocator(rmm_cupy_allocator)`; keep the fallback then.
@@ -274,7 +320,10 @@ def record_cell_stats(path: str) -> bool:
         return False
     STATE["cell_stats"] = path
 
+    started: list[float] = [time.time()]
+
     def pre(info: Any = None) -> None:
+        started[0] = time.time()
         try:
             stats.push_statistics()
         except Exception:
@@ -291,8 +340,10 @@ def record_cell_stats(path: str) -> bool:
         def field(key: str) -> Any:
             return s[key] if isinstance(s, dict) else getattr(s, key)
 
+        # wall-clock times, so the runner can place the cell on its own time axis
         row = {"cell": getattr(result, "execution_count", None),
-               "peak_bytes": int(field("peak_bytes")), "total_bytes": int(field("total_bytes"))}
+               "peak_bytes": int(field("peak_bytes")), "total_bytes": int(field("total_bytes")),
+               "start": round(started[0], 3), "end": round(time.time(), 3)}
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 
@@ -317,10 +368,8 @@ def run_setup(config: dict[str, Any], lite: Any = None) -> dict[str, Any]:
     if config.get("gpu_visible") is False:
         say(f"no GPU visible ({config.get('reason') or NO_DEVICE}): running on the CPU; RMM not set up")
         STATE.update(policy=config["policy"], enforce=config["policy"] != "notebook", fallback=NO_DEVICE)
-        rmm = _import("rmm") if _installed("rmm") else None
-        if rmm is not None:
-            guard_reinitialize(rmm, _import("cupy") if _installed("cupy") else None)
-            say("the notebook's own rmm.reinitialize calls are guarded")
+        guard_when_imported()
+        say("the notebook's own rmm.reinitialize calls are guarded")
         record.update(policy=config["policy"], applied=None, fallback=NO_DEVICE)
     else:
         record.update(setup_rmm(config["policy"], config.get("pool_size")))
@@ -328,15 +377,6 @@ def run_setup(config: dict[str, Any], lite: Any = None) -> dict[str, Any]:
             record["cell_stats"] = record_cell_stats(config["cell_stats"])
     emit(record)
     return record
-
-
-def _installed(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 if __name__ == "__main__":  # pragma: no cover - handy on a GPU box

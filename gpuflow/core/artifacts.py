@@ -30,6 +30,7 @@ NOTEBOOK_REPO = "repo"
 TEST_REPO = "test-repo"
 PYTEST_GATE = "pytest-gate"
 PYTEST_SCRATCH = "pytest-out"
+GPU_FACTS = "gpu-facts.json"
 RUN_JSON = "run.json"
 CONFIG_JSON = "config.json"
 LOCK = ".lock"
@@ -142,6 +143,11 @@ class RunDir(ArtifactDir):
 
     def notebook(self, name: str) -> ArtifactDir:
         return ArtifactDir(self.path / name)
+
+    @property
+    def gpu_facts(self) -> Path:
+        """The run's one GPU preflight, which every notebook's execute reuses."""
+        return self.work / GPU_FACTS
 
     @property
     def notebook_repo(self) -> Path:

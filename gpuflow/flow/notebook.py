@@ -147,6 +147,8 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> harn
            "--log", str(ArtifactDir(job.dir).papermill_log), "--record-dir", str(job.dir),
            # INFO, as the Tekton workflow ran papermill: kernel message dumps drown parallel logs
            "--no-progress-bar", "--log-level", "INFO", *_guard_flags(cfg)]
+    if RunDir(flow.run_dir).gpu_facts.is_file():  # the run's one preflight
+        cmd += ["--gpu-facts", str(RunDir(flow.run_dir).gpu_facts)]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
     if cfg.cell_timeout is not None:

@@ -24,10 +24,14 @@ class Slot:
         return {"CUDA_VISIBLE_DEVICES": self.gpu} if self.gpu is not None else {}
 
 
-def slots_for(gpus: str, jobs: int, devices: Sequence[Any]) -> list[Slot]:
-    """`gpus` is '' (CPU slots, `jobs` of them), 'all', or '0,1'."""
+def slots_for(gpus: str, jobs: int, devices: Sequence[Any], default_gpu: str | None = None) -> list[Slot]:
+    """`gpus` is '' (unpinned slots, `jobs` of them), 'all', or '0,1'.
+    Unpinned slots are named after `default_gpu`, the device their kernels
+    use when the preflight saw one, else they are CPU slots."""
     spec = gpus.strip()
     if not spec:
+        if default_gpu is not None:
+            return [Slot(name=f"gpu{default_gpu}" + (f"-{i}" if jobs > 1 else "")) for i in range(jobs)]
         return [Slot(name=f"cpu{i}") for i in range(jobs)]
     if spec == "all":
         if not devices:

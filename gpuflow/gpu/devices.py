@@ -4,17 +4,19 @@ the public notebook API `setup_rmm`.
 The Tekton scripts this replaces got `cudaErrorNoDevice` and RMM's `.msg`
 AttributeError in pods that asked for a GPU but did not see one:
 the check here names what was looked at and what was missing, in one line.
-CUDA is never initialised in this process: the runtime count comes from a
-child Python, so a broken driver cannot crash the runner.
+CUDA is never initialised in this process: the device count comes from a
+child Python that asks libcuda, so a broken driver cannot crash the runner.
+One nvidia-smi call and that child, side by side, keep the check near the
+cost of nvidia-smi alone.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import sys
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gpuflow.core import proc
@@ -22,28 +24,27 @@ from gpuflow.core.errors import CommandError, NoGPUError, UsageError
 from gpuflow.core.log import log
 
 HIDDEN_VALUES = ("", "void", "none", "-1", "nodevfiles")
-_SMI_QUERY = "index,name,memory.total,driver_version"
-_RUNTIME_PROBE = r"""
-import json
+_SMI_QUERY = "index,name,memory.total,driver_version,uuid"
+PROBE_TIMEOUT_S = 20.0
+# The child that asks the CUDA driver itself (libcuda through ctypes: no CuPy,
+# no CUDA runtime, nothing to import but the standard library), so a broken
+# driver that hangs or aborts in cuInit takes the child down, not the runner.
+# CUDA_ERROR_NO_DEVICE (100) from cuInit is a count of 0, not a failure.
+_DRIVER_PROBE = r"""
+import ctypes, json
 out = {}
 try:
-    from cuda.bindings import runtime as rt
-    err, n = rt.cudaGetDeviceCount()
-    out["cuda-bindings"] = int(n) if int(err) == 0 else f"error {err}"
-    err, v = rt.cudaRuntimeGetVersion()
-    if int(err) == 0:
-        out["runtime_version"] = int(v)
-except ImportError:
-    out["cuda-bindings"] = "not importable"
-except Exception as exc:
-    out["cuda-bindings"] = f"{type(exc).__name__}: {exc}"
-try:
-    import cupy
-    out["cupy"] = int(cupy.cuda.runtime.getDeviceCount())
-except ImportError:
-    out["cupy"] = "not importable"
-except Exception as exc:
-    out["cupy"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    cu = ctypes.CDLL("libcuda.so.1")
+except OSError:
+    out["libcuda"] = "not found"
+else:
+    n, v = ctypes.c_int(0), ctypes.c_int(0)
+    if cu.cuDriverGetVersion(ctypes.byref(v)) == 0:
+        out["cuda_driver_version"] = v.value
+    rc = cu.cuInit(0)
+    if rc == 0:
+        rc = cu.cuDeviceGetCount(ctypes.byref(n))
+    out["libcuda"] = n.value if rc == 0 else 0 if rc == 100 else f"error {rc}"
 print(json.dumps(out))
 """
 
@@ -62,80 +63,94 @@ def env_visibility(name: str, env: Mapping[str, str]) -> tuple[bool | None, str]
 
 
 def nvidia_smi(env: Mapping[str, str]) -> dict[str, Any]:
-    """Devices, driver and CUDA version from nvidia-smi, or why not.
+    """Devices and driver from one nvidia-smi call, or why not.
     nvidia-smi ignores CUDA_VISIBLE_DEVICES: it lists what the node has."""
     exe = proc.which("nvidia-smi", path=env.get("PATH"))
     if exe is None:
         return {"status": "not found", "devices": []}
     try:
-        listing = proc.call([exe, "-L"], env=env, timeout=30).stdout
         query = proc.call([exe, f"--query-gpu={_SMI_QUERY}", "--format=csv,noheader,nounits"],
-                         env=env, timeout=30, check=False).stdout
-        banner = proc.call([exe], env=env, timeout=30, check=False).stdout
+                          env=env, timeout=30, echo=False).stdout
     except (CommandError, UsageError, OSError) as exc:
         return {"status": f"failed ({str(exc).splitlines()[0]})", "devices": []}
-    devices = []
-    for line in query.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 4 and parts[0].isdigit():
-            mem = int(float(parts[2])) if re.fullmatch(r"[\d.]+", parts[2]) else None
-            devices.append({"index": int(parts[0]), "name": parts[1], "memory_mib": mem, "driver": parts[3]})
-    if not devices:  # an old nvidia-smi without --query-gpu: fall back to -L
-        devices = [{"index": i, "name": m.group(1).strip()}
-                   for i, m in enumerate(re.finditer(r"^GPU \d+: ([^(]+)", listing, re.M))]
-    cuda = re.search(r"CUDA Version:\s*([\d.]+)", banner)
+    devices = parse_smi_query(query)
     return {
         "status": f"{len(devices)} GPU(s)" if devices else "no devices listed",
         "devices": devices,
         "driver": devices[0].get("driver") if devices else None,
-        "cuda_version": cuda.group(1) if cuda else None,
     }
 
 
-def _importable(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+def parse_smi_query(text: str) -> list[dict[str, Any]]:
+    """Rows of `nvidia-smi --query-gpu=index,name,memory.total,driver_version,uuid
+    --format=csv,noheader,nounits`; lines that are not such rows are skipped."""
+    devices = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) < 4 or not parts[0].isdigit():
+            continue
+        mem = int(float(parts[2])) if re.fullmatch(r"[\d.]+", parts[2]) else None
+        device: dict[str, Any] = {"index": int(parts[0]), "name": parts[1], "memory_mib": mem, "driver": parts[3]}
+        if len(parts) > 4 and parts[4].startswith("GPU-"):
+            device["uuid"] = parts[4]
+        devices.append(device)
+    return devices
 
 
-def runtime_count(env: Mapping[str, str], python: str | None = None) -> dict[str, Any]:
-    """The CUDA runtime's device count via cuda-bindings/CuPy, in a child
-    process (CUDA init may hang or abort; the runner must survive it)."""
-    if not (_importable("cupy") or _importable("cuda.bindings")):
-        return {"cupy": "not importable", "cuda-bindings": "not importable"}
+def driver_count(env: Mapping[str, str], python: str | None = None) -> dict[str, Any]:
+    """The CUDA driver's device count and version from a child process with a
+    timeout (CUDA init may hang or abort; the runner must survive it)."""
     try:
-        out = proc.call([python or sys.executable, "-c", _RUNTIME_PROBE], env=env, timeout=120, check=False)
-        return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-    except (CommandError, UsageError, ValueError, IndexError) as exc:
-        return {"cupy": f"probe failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"}
+        # -I -S: no site packages to import, so the child starts in tens of milliseconds
+        out = proc.call([python or sys.executable, "-I", "-S", "-c", _DRIVER_PROBE], env=env,
+                        timeout=PROBE_TIMEOUT_S, check=False, echo=False)
+        return parse_probe(out.stdout)
+    except (CommandError, UsageError, OSError) as exc:
+        return {"libcuda": f"probe failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"}
+
+
+def parse_probe(stdout: str) -> dict[str, Any]:
+    """The probe's last line of JSON; a child that died says so."""
+    try:
+        data = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"libcuda": "probe failed (no answer: the CUDA driver may have crashed the child)"}
+    return dict(data) if isinstance(data, dict) else {"libcuda": "probe failed (unreadable answer)"}
+
+
+def cuda_version(code: Any) -> str | None:
+    """cuDriverGetVersion's 13000 -> '13.0'."""
+    return f"{code // 1000}.{code % 1000 // 10}" if isinstance(code, int) and code > 0 else None
 
 
 def detect(env: Mapping[str, str] | None = None, *, runtime: bool = True) -> dict[str, Any]:
-    """Every GPU fact the runner can gather without initialising CUDA itself."""
+    """Every GPU fact the runner can gather without initialising CUDA itself:
+    one nvidia-smi call and, at the same time, the driver probe in a child."""
     env = dict(os.environ if env is None else env)
     cuda_vis, cuda_shown = env_visibility("CUDA_VISIBLE_DEVICES", env)
     nv_vis, nv_shown = env_visibility("NVIDIA_VISIBLE_DEVICES", env)
-    smi = nvidia_smi(env)
-    counts = runtime_count(env) if runtime else {}
-    runtime_n = max((v for k, v in counts.items() if k in ("cupy", "cuda-bindings") and isinstance(v, int)),
-                    default=None)
-    if cuda_vis is False or nv_vis is False:
+    hidden = cuda_vis is False or nv_vis is False
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuda-probe") as pool:
+        probe = pool.submit(driver_count, env) if runtime and not hidden else None
+        smi = nvidia_smi(env)
+        counts = probe.result() if probe is not None else {}
+    runtime_n = counts.get("libcuda") if isinstance(counts.get("libcuda"), int) else None
+    if hidden:
         visible = False
     elif runtime_n is not None:
         visible = runtime_n > 0
     else:
         visible = bool(smi["devices"])
     checks = [cuda_shown, nv_shown, f"nvidia-smi: {smi['status']}"]
-    checks += [f"{k}: {v if not isinstance(v, int) else f'{v} device(s)'}"
-               for k, v in counts.items() if k in ("cupy", "cuda-bindings")]
+    if "libcuda" in counts:
+        value = counts["libcuda"]
+        checks.append(f"libcuda: {f'{value} device(s)' if isinstance(value, int) else value}")
     return {
         "visible": visible,
         "devices": smi["devices"],
         "driver": smi.get("driver"),
-        "cuda_version": smi.get("cuda_version"),
+        "cuda_version": cuda_version(counts.get("cuda_driver_version")),
         "runtime_devices": runtime_n,
-        "runtime_version": counts.get("runtime_version"),
         "checks": checks,
         "env": {"CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES"),
                 "NVIDIA_VISIBLE_DEVICES": env.get("NVIDIA_VISIBLE_DEVICES")},
@@ -164,3 +179,18 @@ def preflight(policy: str = "auto", env: Mapping[str, str] | None = None) -> dic
         raise err
     log.warning(f"{missing_line(facts)}; running on the CPU (--gpu require makes this an error)")
     return facts
+
+
+def default_device(facts: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str | None:
+    """The node's index of the GPU an unpinned kernel uses (the first entry of
+    CUDA_VISIBLE_DEVICES, an index or a UUID, else 0), or None without a
+    visible GPU."""
+    if not facts.get("visible"):
+        return None
+    first = dict(os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    if first.isdigit():
+        return first
+    for device in facts.get("devices") or []:
+        if isinstance(device, dict) and device.get("uuid") and first.startswith(str(device["uuid"])[:12]):
+            return str(device.get("index"))
+    return "0"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import json
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from gpuflow._embedded import kernel_guard as _kernel_guard
 from gpuflow._embedded import lite as _lite
 from gpuflow.core.errors import ConfigError
+from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.notebook.prepare import GUARD_TAG  # noqa: F401  (the tag prepare gives the injected cell)
 
 GPU_POLICIES = ("auto", "require", "off")
@@ -51,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-genes", type=int, default=10_000, help="lite: genes kept (default 10000)")
     g.add_argument("--seed", type=int, default=0, help="lite: seed of the subsample (default 0)")
     g.add_argument("--no-telemetry", dest="telemetry", action="store_false", help="no telemetry.json")
+    g.add_argument("--gpu-facts", type=Path, default=None, metavar="FILE",
+                   help="reuse this preflight's facts (JSON) instead of checking again: gpuflow run "
+                        "checks the GPU once per run")
 
 
 def options_from_args(args: argparse.Namespace) -> GuardOptions:
@@ -72,12 +77,32 @@ def check_pool_size(text: str) -> None:
         raise ConfigError(f"--rmm-pool-size: {exc}") from None
 
 
-def preflight(opts: GuardOptions) -> dict[str, Any]:
+def preflight(opts: GuardOptions, known: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Runner-side device check before a kernel starts; raises NoGPUError
-    under `--gpu require` when no device is visible. Returns the facts."""
+    under `--gpu require` when no device is visible. Returns the facts.
+    `known`: the facts of a check already made for this run (`gpuflow run`
+    checks once and passes them to each notebook's execute)."""
     from gpuflow.gpu import devices
 
+    if known is not None and opts.gpu != "off" and known.get("visible") is not None:
+        return {**known, "gpu_policy": opts.gpu, "reused": True}
     return devices.preflight(opts.gpu)
+
+
+def read_facts(path: Path | None) -> dict[str, Any] | None:
+    """Facts written by `write_facts`; None when there is no (readable) file,
+    and then execute checks for itself."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_facts(facts: Mapping[str, Any], path: Path) -> None:
+    atomic_write_text(path, json.dumps(dict(facts), default=str))
 
 
 def _embedded(module: Any, var: str) -> str:
@@ -97,10 +122,15 @@ def cell_stats_path(opts: GuardOptions, facts: dict[str, Any]) -> Path | None:
     return Path(tempfile.gettempdir()) / f"gpuflow-cells-{uuid.uuid4().hex}.jsonl"
 
 
-def setup_cell_source(opts: GuardOptions, facts: dict[str, Any], cell_stats: Path | None = None) -> str | None:
-    """Source of the cell injected as the first code cell, or None. The
-    kernel writes per-cell RMM rows to `cell_stats` (see `cell_stats_path`)."""
-    if opts.rmm == "off" and opts.gpu == "off" and not opts.lite:
+def setup_cell_source(opts: GuardOptions, facts: dict[str, Any], cell_stats: Path | None = None,
+                      *, embed: bool = False) -> str | None:
+    """Source of the GPU guard cell, or None when there is nothing to do
+    (`--gpu off` without `--lite`). The kernel writes per-cell RMM rows to
+    `cell_stats` (see `cell_stats_path`). The plain cell is a few lines that
+    import the guard from gpuflow in the kernel; `embed=True` gives the one the
+    engine runs instead when the kernel cannot import gpuflow: the guard's own
+    source, exec'd."""
+    if opts.gpu == "off" and not opts.lite:
         return None
     stats = str(cell_stats) if cell_stats is not None else None
     config = {
@@ -109,37 +139,63 @@ def setup_cell_source(opts: GuardOptions, facts: dict[str, Any], cell_stats: Pat
         "lite": {"max_cells": opts.max_cells, "max_genes": opts.max_genes, "seed": opts.seed} if opts.lite else None,
         "cell_stats": stats,
     }
+    head = "# gpuflow GPU guard (injected; runs first, outside the notebook's history; see docs/gpu.md)\n"
+    call = f"_gpuflow_guard.run_setup({config!r}, lite={'_gpuflow_lite' if opts.lite else 'None'})\n"
+    if not embed:
+        lite = "import gpuflow._embedded.lite as _gpuflow_lite\n" if opts.lite else ""
+        return head + "import gpuflow._embedded.kernel_guard as _gpuflow_guard\n" + lite + call
     lines = [
-        "# gpuflow GPU guard (injected; hidden in report mode; see docs/gpu.md)",
         "try:",
         "    import gpuflow._embedded.kernel_guard as _gpuflow_guard",
         "    import gpuflow._embedded.lite as _gpuflow_lite",
         "except ImportError:",
         "    import types as _t",
     ]
-    body = "\n".join(lines) + "\n" + _embedded(_kernel_guard, "_gpuflow_guard")
-    body += _embedded(_lite, "_gpuflow_lite") if opts.lite else "    _gpuflow_lite = None\n"
-    return body + f"_gpuflow_guard.run_setup({config!r}, lite=_gpuflow_lite)\n"
+    body = head + "\n".join(lines) + "\n" + _embedded(_kernel_guard, "_gpuflow_guard")
+    body += _embedded(_lite, "_gpuflow_lite") if opts.lite else ""
+    return body + call
+
+
+def describe(guard: dict[str, Any]) -> str:
+    """One line saying what the guard did: policy, what was applied, the
+    device, the fallback; for the log and the HTML report."""
+    found = guard.get("device")
+    device: dict[str, Any] = found if isinstance(found, dict) else {}
+    parts = [f"policy {guard.get('policy')}", f"applied {guard.get('applied') or 'nothing'}"]
+    if device.get("name"):
+        parts.append(f"on {device['name']}")
+    if guard.get("pool_size"):
+        parts.append(f"initial pool {int(guard['pool_size']):,} bytes")
+    if guard.get("fallback"):
+        parts.append(f"fallback: {guard['fallback']}")
+    if guard.get("lite"):
+        parts.append("lite mode on")
+    skipped = [e for e in guard.get("events", []) if isinstance(e, dict) and e.get("action") == "skipped"]
+    if skipped:
+        parts.append(f"{len(skipped)} rmm.reinitialize call(s) of the notebook skipped")
+    return "gpuflow GPU guard: " + "; ".join(parts)
 
 
 @contextlib.contextmanager
-def telemetry(opts: GuardOptions, path: Path, cell_stats: Path | None = None) -> Iterator[None]:
+def telemetry(opts: GuardOptions, path: Path, cell_stats: Path | None = None,
+              nb: Any = None) -> Iterator[None]:
     """Sample the GPU while the block runs; write `path` if there is a GPU,
-    with the per-cell rows the kernel wrote to `cell_stats` (then removed)."""
+    with the per-cell rows the kernel wrote to `cell_stats` (then removed)
+    and the cells' start and end times from `nb` (for the chart's boundaries)."""
     if not opts.telemetry or opts.gpu == "off":
         yield
         return
     from gpuflow.gpu import telemetry as _telemetry
 
     try:
-        with _telemetry.sample(path, cell_stats=cell_stats):
+        with _telemetry.sample(path, cell_stats=cell_stats, spans=lambda: cell_spans(nb)):
             yield
     finally:
         if cell_stats is not None:
             cell_stats.unlink(missing_ok=True)
 
 
-def finalize_notebook(nb: Any) -> None:
+def finalize_notebook(nb: Any) -> dict[str, Any]:
     """Copy what the guard cell reported into the notebook's metadata:
     nb.metadata.gpuflow.guard = {policy, applied, pool_size, fallback, ...,
     events: [the notebook's own rmm.reinitialize calls, as guarded]}."""
@@ -157,3 +213,23 @@ def finalize_notebook(nb: Any) -> None:
     if guard or events:
         guard["events"] = events
         nb.metadata.setdefault("gpuflow", {})["guard"] = guard
+    return guard
+
+
+def cell_spans(nb: Any) -> list[dict[str, Any]]:
+    """{cell: In [n], start, end} in seconds since the epoch, from the times
+    papermill records in each executed cell's metadata."""
+    from datetime import datetime
+
+    spans = []
+    for cell in getattr(nb, "cells", None) or []:
+        meta = cell.get("metadata", {}).get("papermill", {})
+        if cell.get("execution_count") is None or not meta.get("start_time") or not meta.get("end_time"):
+            continue
+        try:
+            start, end = (datetime.fromisoformat(str(meta[k]).replace("Z", "+00:00")).timestamp()
+                          for k in ("start_time", "end_time"))
+        except ValueError:
+            continue
+        spans.append({"cell": cell["execution_count"], "start": round(start, 3), "end": round(end, 3)})
+    return spans

@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +66,31 @@ class Sampler(threading.Thread):
 
 
 def summarize(samples: list[dict[str, float]], name: str, total: int | None,
-              cells: list[dict[str, Any]], interval: float) -> dict[str, Any]:
+              cells: list[dict[str, Any]], interval: float, *, t0_epoch: float | None = None,
+              spans: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """telemetry.json. Memory in use is NVML's (the whole device: an RMM pool's
+    reservation counts in full); what the notebook allocated is RMM's per-cell
+    peak. Times of cells are seconds from the first sample, like `t`."""
     utils = [s["utilization"] for s in samples]
+
+    def since(row: dict[str, Any]) -> dict[str, Any]:
+        if t0_epoch is None:
+            return row
+        return {**row, **{k: round(float(row[k]) - t0_epoch, 3) for k in ("start", "end")
+                          if isinstance(row.get(k), (int, float))}}
+
     return {
         "gpu": name,
         "memory_total": total,
         "interval_s": interval,
+        "t0_epoch": t0_epoch,
         "samples": samples,
         "peak_memory_bytes": max((int(s["memory_used"]) for s in samples), default=None),
+        "rmm_peak_bytes": max((int(c["peak_bytes"]) for c in cells if isinstance(c.get("peak_bytes"), int)),
+                              default=None),
         "mean_utilization_pct": round(sum(utils) / len(utils), 2) if utils else None,
-        "cells": cells,
+        "cells": [since(c) for c in cells],
+        "cell_spans": [since(c) for c in spans or []],
     }
 
 
@@ -92,7 +107,8 @@ def read_cell_stats(path: Path | None) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def sample(path: Path, *, cell_stats: Path | None = None, interval: float = INTERVAL_S,
-           env: Mapping[str, str] | None = None) -> Iterator[bool]:
+           env: Mapping[str, str] | None = None,
+           spans: Callable[[], list[dict[str, Any]]] | None = None) -> Iterator[bool]:
     """Sample the GPU while the block runs, then write `path` atomically.
     Yields whether sampling is on."""
     nvml = _nvml()
@@ -109,13 +125,19 @@ def sample(path: Path, *, cell_stats: Path | None = None, interval: float = INTE
     name = name.decode() if isinstance(name, bytes) else str(name)
     total = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
     sampler = Sampler(nvml, handle, interval)
+    t0_epoch = round(time.time() - (time.monotonic() - sampler.t0), 3)
     sampler.start()
     try:
         yield True
     finally:
         sampler.stopping.set()
         sampler.join(timeout=5)
-        data = summarize(sampler.samples, name, total, read_cell_stats(cell_stats), interval)
+        try:
+            cell_times = spans() if spans is not None else []
+        except Exception:  # the chart's cell boundaries are a nicety
+            cell_times = []
+        data = summarize(sampler.samples, name, total, read_cell_stats(cell_stats), interval,
+                         t0_epoch=t0_epoch, spans=cell_times)
         try:
             atomic_write_text(path, json.dumps(data, indent=1) + "\n")
         except Exception as exc:  # telemetry must never fail the notebook step

@@ -83,13 +83,60 @@ def manager(nb: Any, output_path: Path, logger: Any, bar: Any) -> Any:
     return manager
 
 
+def _client_class(guard_fallback: str | None) -> Any:
+    from nbclient.exceptions import CellExecutionError
+    from papermill.clientwrap import PapermillNotebookClient
+
+    from gpuflow.notebook.prepare import GUARD_TAG
+
+    class Client(PapermillNotebookClient):  # type: ignore[misc]
+        """papermill's client, which runs the GPU guard cell first and outside
+        the kernel's history: it takes no `In [n]`, so every count equals
+        papermill's, and it runs before injected parameters wherever they are."""
+
+        def papermill_execute_cells(self) -> None:
+            guards = [i for i, c in enumerate(self.nb.cells) if GUARD_TAG in c.metadata.get("tags", [])]
+            for index in guards + [i for i in range(len(self.nb.cells)) if i not in guards]:
+                cell, is_guard = self.nb.cells[index], index in guards
+                try:
+                    self.nb_man.cell_start(cell, index)
+                    self._run(cell, index, is_guard)
+                except CellExecutionError as ex:
+                    self.nb_man.cell_exception(self.nb.cells[index], cell_index=index, exception=ex)
+                    break
+                finally:
+                    self.nb_man.cell_complete(self.nb.cells[index], cell_index=index)
+
+        def _run(self, cell: Any, index: int, is_guard: bool) -> None:
+            if not is_guard:
+                self.execute_cell(cell, index)
+                return
+            try:
+                self.execute_cell(cell, index, store_history=False)
+            except CellExecutionError:
+                # the short cell imports gpuflow in the kernel; a kernel without
+                # it gets the guard's own source embedded instead
+                names = {o.get("ename") for o in cell.get("outputs", []) if o.get("output_type") == "error"}
+                if guard_fallback is None or not names & {"ImportError", "ModuleNotFoundError"}:
+                    raise
+                cell.source, cell.outputs = guard_fallback, []
+                self.execute_cell(cell, index, store_history=False)
+            finally:
+                cell.execution_count = None  # outside the history: no In [n]
+
+    return Client
+
+
 def run_cells(
     nb_man: Any, name: str, env: dict[str, str], cwd: Path | None,
-    cell_timeout: float | None, timeout: float | None, logger: Any,
+    cell_timeout: float | None, timeout: float | None, logger: Any, guard_fallback: str | None = None,
 ) -> Stop | None:
-    """Run the kernel over the notebook; return why it stopped early, if it did."""
+    """Run the kernel over the notebook; return why it stopped early, if it did.
+    `guard_fallback` is the GPU guard cell's source for a kernel that cannot
+    import gpuflow."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    from papermill.clientwrap import PapermillNotebookClient
+
+    client_class = _client_class(guard_fallback)
 
     state = State()
     deadline = time.monotonic() + timeout if timeout else None
@@ -113,7 +160,7 @@ def run_cells(
     with _signals_kill(state):
         for attempt in (1, 2):
             state.km = _kernel.new_manager(name)
-            client = PapermillNotebookClient(
+            client = client_class(
                 nb_man, km=state.km, kernel_name=name, startup_timeout=STARTUP_TIMEOUT, log=logger,
                 log_output=True, timeout_func=timeout_func, iopub_timeout=IOPUB_TIMEOUT,
                 on_cell_start=on_cell_start, on_notebook_start=on_started,

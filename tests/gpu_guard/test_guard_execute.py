@@ -60,3 +60,55 @@ def test_blueprint_prepares_with_the_guard_first(corpus: Path, tmp_path: Path) -
     assert report["guard_injected"] and report["rmm_cells"] and report["removed_cells"]
     live = [line for c in code for line in c.source.splitlines() if not line.lstrip().startswith("#")]
     assert not any("do_shutdown" in line for line in live)  # the shutdown cell is stripped
+
+
+def _counts(nb: nbformat.NotebookNode) -> list[int | None]:
+    return [c.get("execution_count") for c in nb.cells if c.cell_type == "code"]
+
+
+def test_counts_equal_papermills_and_the_guard_runs_before_injected_parameters(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import papermill
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    # no `parameters` cell: papermill puts its injected parameters first
+    src = notebook(tmp_path / "in.ipynb", "import sys\nprint('guard first:', 'gpuflow._embedded.kernel_guard' in "
+                   "sys.modules or '_gpuflow_guard' in globals())", "print(x)")
+    ours, theirs = tmp_path / "ours" / "out.ipynb", tmp_path / "theirs.ipynb"
+    execute_notebook(src, ours, progress_bar=False, parameters={"x": 5}, guard=guard.GuardOptions(rmm="off"))
+    papermill.execute_notebook(str(src), str(theirs), parameters={"x": 5}, kernel_name="python3",
+                               progress_bar=False)
+    got, want = nbformat.read(ours, as_version=4), nbformat.read(theirs, as_version=4)
+    guard_cell = next(c for c in got.cells if guard.GUARD_TAG in c.metadata.get("tags", []))
+    assert guard_cell.execution_count is None and guard_cell.metadata["gpuflow"] == {"injected": "guard"}
+    assert [n for n in _counts(got) if n is not None] == _counts(want) == [1, 2, 3]
+    assert "guard first: True" in outputs_text(got)
+    # the cell in the output notebook is a few lines: gpuflow is importable in this kernel
+    assert len("".join(guard_cell.source).splitlines()) <= 4
+    assert got.metadata["gpuflow"]["guard"]["applied"] is None  # no GPU visible: nothing set up
+
+
+def test_a_kernel_without_gpuflow_gets_the_embedded_guard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    shadow = tmp_path / "shadow" / "gpuflow"
+    (shadow / "_embedded").mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    for name in ("_embedded/__init__.py", "_embedded/kernel_guard.py"):
+        (shadow / name).write_text("raise ImportError('shadowed for this test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
+    src = notebook(tmp_path / "in.ipynb", "print('inline guard:', not hasattr(_gpuflow_guard, '__file__'))")
+    out = tmp_path / "out" / "out.ipynb"
+    execute_notebook(src, out, progress_bar=False, guard=guard.GuardOptions())
+    nb = nbformat.read(out, as_version=4)
+    assert "inline guard: True" in outputs_text(nb) and "ImportError" not in outputs_text(nb)
+    assert _counts(nb) == [None, 1]
+    assert nb.metadata["gpuflow"]["guard"]["fallback"] == "no CUDA device visible"
+
+
+def test_gpu_off_without_lite_injects_nothing(tmp_path: Path) -> None:
+    src = notebook(tmp_path / "in.ipynb", "print(1)")
+    out = tmp_path / "out" / "out.ipynb"
+    execute_notebook(src, out, progress_bar=False, guard=guard.GuardOptions(gpu="off"))
+    nb = nbformat.read(out, as_version=4)
+    assert _counts(nb) == [1] and "gpuflow-guard" not in outputs_text(nb)
+    assert "guard" not in nb.metadata.get("gpuflow", {})

@@ -3,6 +3,8 @@ what cannot exist here): policies, sizes, the reinitialize guard, and RMM's
 own `.msg` AttributeError reported as 'no CUDA device visible'."""
 from __future__ import annotations
 
+import sys
+
 import nbformat
 import pytest
 
@@ -67,11 +69,30 @@ def test_enforced_policy_skips_the_notebooks_call(fake_gpu, capsys) -> None:  # 
 
 def test_off_policy_keeps_cupy_default(fake_gpu) -> None:  # type: ignore[no-untyped-def]
     record = kg.setup_rmm("off")
-    assert record["applied"] == "off" and fake_gpu.allocators() == ["cupy-default-malloc"]
+    # nothing set up, so CuPy is not even asked: its allocator stays untouched
+    assert record["applied"] == "off" and fake_gpu.allocators() == []
     import rmm
 
     rmm.reinitialize(pool_allocator=True)
     assert fake_gpu.reinits() == []
+
+
+def test_off_policy_imports_nothing_and_guards_rmm_when_the_notebook_imports_it(
+        tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    pkg = tmp_path / "rmm"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("calls = []\ndef reinitialize(**kw):\n    calls.append(kw)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("rmm", "cupy"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    assert kg.setup_rmm("off")["applied"] == "off"
+    assert "rmm" not in sys.modules and "cupy" not in sys.modules
+    import rmm  # as the notebook would, after the guard ran
+
+    rmm.reinitialize(pool_allocator=True)
+    assert rmm.calls == []
+    assert "was skipped: policy off is enforced" in capsys.readouterr().out
 
 
 def test_notebook_policy_lets_the_notebook_decide(fake_gpu) -> None:  # type: ignore[no-untyped-def]

@@ -17,18 +17,28 @@ from gpuflow.gpu import guard
 NO_GPU = {"visible": False, "checks": ["CUDA_VISIBLE_DEVICES=''", "nvidia-smi: not found"]}
 
 
-def test_no_cell_when_everything_is_off() -> None:
+def test_no_cell_when_the_gpu_is_off_without_lite() -> None:
     assert guard.setup_cell_source(guard.GuardOptions(gpu="off", rmm="off"), {}) is None
+    assert guard.setup_cell_source(guard.GuardOptions(gpu="off"), {}) is None
+    assert guard.setup_cell_source(guard.GuardOptions(gpu="off", lite=True), {}) is not None
+
+
+def test_the_cell_is_a_few_lines_when_gpuflow_is_importable() -> None:
+    src = guard.setup_cell_source(guard.GuardOptions(rmm="pool"), {"visible": True})
+    assert src is not None and len(src.splitlines()) <= 4 and "exec(" not in src
+    compile(src, "cell", "exec")
+    assert "import gpuflow._embedded.kernel_guard as _gpuflow_guard" in src
 
 
 def test_cell_calls_setup_and_embeds_the_same_source() -> None:
-    src = guard.setup_cell_source(guard.GuardOptions(rmm="managed", rmm_pool_size="80%"), {"visible": True})
+    src = guard.setup_cell_source(guard.GuardOptions(rmm="managed", rmm_pool_size="80%"), {"visible": True},
+                                  embed=True)
     assert src is not None
     compile(src, "cell", "exec")
     assert "import gpuflow._embedded.kernel_guard as _gpuflow_guard" in src
     assert repr(Path(_kernel_guard.__file__).read_text()) in src  # one implementation, embedded verbatim
     assert "'policy': 'managed'" in src and "'pool_size': '80%'" in src
-    assert "gpuflow/lite" not in src and "_gpuflow_lite = None" in src
+    assert "gpuflow/lite" not in src and "lite=None" in src
 
 
 def test_lite_cell_embeds_lite() -> None:
@@ -55,7 +65,7 @@ def _exec_without_gpuflow(src: str, monkeypatch: pytest.MonkeyPatch) -> dict[str
 def test_inline_fallback_runs_the_embedded_guard(monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "cupy", None)
-    src = guard.setup_cell_source(guard.GuardOptions(), NO_GPU)
+    src = guard.setup_cell_source(guard.GuardOptions(), NO_GPU, embed=True)
     assert src is not None
     ns = _exec_without_gpuflow(src, monkeypatch)
     assert ns["_gpuflow_guard"] is not _kernel_guard  # the embedded copy ran
@@ -79,7 +89,7 @@ def test_real_kernel_lite_without_gpuflow_installed(tmp_path: Path, small_h5ad: 
     for name in ("_embedded/__init__.py", "_embedded/kernel_guard.py", "_embedded/lite.py"):
         (shadow / name).write_text("raise ImportError('shadowed for this test')\n")
     monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
-    src = guard.setup_cell_source(guard.GuardOptions(lite=True, max_cells=100, max_genes=50), NO_GPU)
+    src = guard.setup_cell_source(guard.GuardOptions(lite=True, max_cells=100, max_genes=50), NO_GPU, embed=True)
     assert src is not None
     path = notebook(tmp_path / "guarded.ipynb", src, *[
         "print('inline guard:', not hasattr(_gpuflow_guard, '__file__'))",
