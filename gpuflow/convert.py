@@ -24,6 +24,7 @@ from gpuflow.core.cachedir import cache_dir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 from gpuflow.core.step import Step
+from gpuflow.gpu import guard
 
 LOG_NAME = artifacts.NBCONVERT_LOG
 
@@ -166,7 +167,7 @@ def warm(template: str = "lab") -> None:
 def _export(notebook: Path, html_path: Path, logger: logging.Logger, *, template: str, no_input: bool,
             embed_images: bool, sanitize_html: bool) -> int:
     logger.info("Converting notebook %s to html", notebook)
-    nb = _read_notebook(notebook)
+    nb = guard.for_report(_read_notebook(notebook))
     exporter = _exporter(template, no_input, embed_images, sanitize_html, logger)
     _cache_templates(exporter)
     try:

@@ -22,7 +22,7 @@ from gpuflow._embedded import kernel_guard as _kernel_guard
 from gpuflow._embedded import lite as _lite
 from gpuflow.core.errors import ConfigError
 from gpuflow.core.fsutil import atomic_write_text
-from gpuflow.notebook.prepare import GUARD_TAG  # noqa: F401  (the tag prepare gives the injected cell)
+from gpuflow.notebook.prepare import GUARD_TAG  # the tag prepare gives the injected cell
 
 GPU_POLICIES = ("auto", "require", "off")
 RMM_POLICIES = _kernel_guard.POLICIES
@@ -233,3 +233,24 @@ def cell_spans(nb: Any) -> list[dict[str, Any]]:
             continue
         spans.append({"cell": cell["execution_count"], "start": round(start, 3), "end": round(end, 3)})
     return spans
+
+
+def for_report(nb: Any) -> Any:
+    """The notebook as its HTML report shows it: the GPU guard cell (its code,
+    and the embedded module source when the kernel lacked gpuflow) becomes one
+    line saying what the guard did. `nb` is changed in place and returned."""
+    import html
+
+    import nbformat
+
+    guard = nb.metadata.get("gpuflow", {}).get("guard")
+    cells = []
+    for cell in nb.cells:
+        if GUARD_TAG not in cell.get("metadata", {}).get("tags", []):
+            cells.append(cell)
+        elif isinstance(guard, dict) and guard:
+            line = nbformat.v4.new_markdown_cell(f"<small>{html.escape(describe(guard))}</small>")
+            line.metadata["tags"] = [GUARD_TAG]
+            cells.append(line)
+    nb.cells = cells
+    return nb

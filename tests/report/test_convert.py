@@ -113,3 +113,24 @@ def test_same_html_as_jupyter_nbconvert_on_a_blueprint_notebook(corpus: Path, tm
     ours = convert.convert_notebook(nb).html
     assert ours == tmp_path / "01_scRNA_analysis_preprocessing.html"
     assert ours.read_text() == (tmp_path / "cli.html").read_text()
+
+
+def test_the_gpu_guard_cell_is_one_line_in_the_report(tmp_path: Path) -> None:
+    import nbformat
+
+    from gpuflow.gpu import guard
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("import gpuflow._embedded.kernel_guard as _gpuflow_guard\n"
+                                     "exec(compile('EMBEDDED_SOURCE', 'x', 'exec'))")
+    cell.metadata["tags"] = [guard.GUARD_TAG]
+    cell.outputs = [nbformat.v4.new_output("stream", text="gpuflow-guard: RMM pool on <GPU>\n")]
+    nb.cells = [cell, nbformat.v4.new_code_cell("print('mine')")]
+    nb.metadata["gpuflow"] = {"guard": {"policy": "auto", "applied": "pool", "fallback": None,
+                                        "device": {"name": "NVIDIA H100 80GB HBM3"}, "events": []}}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    page = convert.convert_notebook(path).html.read_text()
+    assert "_gpuflow_guard" not in page and "EMBEDDED_SOURCE" not in page and "RMM pool on" not in page
+    assert "gpuflow GPU guard: policy auto; applied pool; on NVIDIA H100 80GB HBM3" in page
+    assert "print" in page  # the notebook's own cell stays
