@@ -362,6 +362,7 @@ def _ipython() -> Any:
 
 def run_setup(config: dict[str, Any], lite: Any = None) -> dict[str, Any]:
     """What the injected setup cell does: lite hooks, RMM, statistics, report."""
+    t0 = time.perf_counter()
     record: dict[str, Any] = {"gpu_visible": config.get("gpu_visible")}
     if config.get("lite"):
         record["lite"] = lite.install(**config["lite"]) if lite is not None else "lite module missing"
@@ -375,6 +376,8 @@ def run_setup(config: dict[str, Any], lite: Any = None) -> dict[str, Any]:
         record.update(setup_rmm(config["policy"], config.get("pool_size")))
         if config.get("cell_stats") and record.get("applied") not in (None, "cupy-default", "off"):
             record["cell_stats"] = record_cell_stats(config["cell_stats"])
+    # the guard's own cost (imports, CUDA context, pool), reported apart from the notebook's
+    record["setup_s"] = round(time.perf_counter() - t0, 3)
     emit(record)
     return record
 

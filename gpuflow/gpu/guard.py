@@ -170,6 +170,8 @@ def describe(guard: dict[str, Any]) -> str:
         parts.append(f"fallback: {guard['fallback']}")
     if guard.get("lite"):
         parts.append("lite mode on")
+    if isinstance(guard.get("setup_s"), (int, float)):
+        parts.append(f"took {guard['setup_s']:.2f}s")
     skipped = [e for e in guard.get("events", []) if isinstance(e, dict) and e.get("action") == "skipped"]
     if skipped:
         parts.append(f"{len(skipped)} rmm.reinitialize call(s) of the notebook skipped")

@@ -1,0 +1,114 @@
+"""What gpuflow's GPU path costs on top of papermill, on a GPU machine.
+
+- preflight: `gpuflow.gpu.devices.preflight("require")` in this process,
+  median of 5 (one nvidia-smi call and the libcuda child, side by side), with
+  `nvidia-smi -L` alone for scale;
+- execute: `python -m gpuflow.execute NB OUT` (defaults: --gpu auto, --rmm
+  auto = a pool, telemetry on) and `--rmm off` against `papermill NB OUT` on
+  the short CuPy/Numba notebooks in benchmarks/gpu_notebooks/, median of 5
+  alternating runs each; the guard's own cost (imports, CUDA context, pool) is
+  the `setup_s` it records in the output notebook's metadata.
+
+    python -m benchmarks.gpu_overhead --out "$OUT" [--repeats 5]
+
+Writes OUT/gpu-overhead.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "benchmarks" / "gpu_notebooks"
+ARMS = {
+    "papermill": ["-m", "papermill", "--no-progress-bar", "--log-level", "WARNING", "-k", "python3"],
+    "gpuflow": ["-m", "gpuflow.execute", "--no-progress-bar", "--log-level", "WARNING"],
+    "gpuflow_rmm_off": ["-m", "gpuflow.execute", "--no-progress-bar", "--log-level", "WARNING", "--rmm", "off"],
+}
+
+
+def timed(cmd: Sequence[str]) -> tuple[float, int, str]:
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return time.perf_counter() - t0, done.returncode, (done.stderr or done.stdout)[-400:]
+
+
+def preflight(repeats: int) -> dict[str, Any]:
+    from gpuflow.gpu import devices
+
+    runs, facts = [], {}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        facts = devices.preflight("require")
+        runs.append(time.perf_counter() - t0)
+    smi = [timed(["nvidia-smi", "-L"])[0] for _ in range(repeats)]
+    return {"median_ms": round(statistics.median(runs) * 1000, 1), "runs_ms": [round(r * 1000, 1) for r in runs],
+            "nvidia_smi_L_median_ms": round(statistics.median(smi) * 1000, 1),
+            "facts": {k: facts.get(k) for k in ("visible", "devices", "driver", "cuda_version", "checks")}}
+
+
+def execute(nb: Path, out: Path, repeats: int) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    setup: list[float] = []
+    failures: list[str] = []
+    for i in range(repeats + 1):  # the first round warms caches (CuPy's kernels, the OS's files): not counted
+        order = list(ARMS) if i % 2 == 0 else list(reversed(ARMS))
+        for arm in order:
+            target = out / f"{nb.stem}-{arm}.ipynb"
+            wall, rc, tail = timed([sys.executable, *ARMS[arm], str(nb), str(target)])
+            if rc != 0:
+                failures.append(f"{arm} exit {rc}: {tail}")
+                continue
+            if i == 0:
+                continue
+            samples[arm].append(wall)
+            if arm == "gpuflow":
+                guard = json.loads(target.read_text()).get("metadata", {}).get("gpuflow", {}).get("guard", {})
+                if isinstance(guard.get("setup_s"), (int, float)):
+                    setup.append(guard["setup_s"])
+    med = {arm: round(statistics.median(v), 3) if v else None for arm, v in samples.items()}
+    base = med["papermill"]
+    return {
+        "notebook": nb.name, "median_s": med, "samples_s": samples,
+        "ratio": {arm: round(v / base, 3) if v and base else None for arm, v in med.items()},
+        "guard_setup_s_median": round(statistics.median(setup), 3) if setup else None,
+        "failures": failures,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--notebooks", nargs="*", type=Path, default=sorted(NOTEBOOKS.glob("*.ipynb")))
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "overhead-notebooks"
+    work.mkdir(exist_ok=True)
+    data: dict[str, Any] = {"preflight": preflight(args.repeats), "notebooks": []}
+    for nb in args.notebooks:
+        data["notebooks"].append(execute(nb, work, args.repeats))
+    (args.out / "gpu-overhead.json").write_text(json.dumps(data, indent=1) + "\n")
+    pre = data["preflight"]
+    print(f"preflight: median {pre['median_ms']} ms of {args.repeats} {pre['runs_ms']} "
+          f"(nvidia-smi -L alone {pre['nvidia_smi_L_median_ms']} ms)")
+    print(f"{'notebook':<26} {'papermill s':>11} {'gpuflow s':>10} {'ratio':>6} {'rmm off s':>10} {'ratio':>6} "
+          f"{'guard s':>8}")
+    for row in data["notebooks"]:
+        m, r = row["median_s"], row["ratio"]
+        print(f"{row['notebook']:<26} {m['papermill']!s:>11} {m['gpuflow']!s:>10} {r['gpuflow']!s:>6} "
+              f"{m['gpuflow_rmm_off']!s:>10} {r['gpuflow_rmm_off']!s:>6} {row['guard_setup_s_median']!s:>8}")
+        for failure in row["failures"][:2]:
+            print(f"  FAILED {failure}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
