@@ -93,9 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = args.out / "overhead-notebooks"
     work.mkdir(exist_ok=True)
     data: dict[str, Any] = {"preflight": preflight(args.repeats), "notebooks": []}
-    for nb in args.notebooks:
+    for nb in args.notebooks:  # written after each notebook: a run cut short keeps what it measured
         data["notebooks"].append(execute(nb, work, args.repeats))
-    (args.out / "gpu-overhead.json").write_text(json.dumps(data, indent=1) + "\n")
+        (args.out / "gpu-overhead.json").write_text(json.dumps(data, indent=1) + "\n")
     pre = data["preflight"]
     print(f"preflight: median {pre['median_ms']} ms of {args.repeats} {pre['runs_ms']} "
           f"(nvidia-smi -L alone {pre['nvidia_smi_L_median_ms']} ms)")
