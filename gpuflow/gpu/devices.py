@@ -6,21 +6,25 @@ AttributeError in pods that asked for a GPU but did not see one:
 the check here names what was looked at and what was missing, in one line.
 CUDA is never initialised in this process: the device count comes from a
 child Python that asks libcuda, so a broken driver cannot crash the runner.
-One nvidia-smi call and that child, side by side, keep the check near the
-cost of nvidia-smi alone.
+The check is one nvidia-smi call and, once per boot, driver and visibility,
+that child (cuInit is the expensive part).
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
 import sys
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from gpuflow.core import proc
+from gpuflow.core.cachedir import cache_dir
 from gpuflow.core.errors import CommandError, NoGPUError, UsageError
+from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 
 HIDDEN_VALUES = ("", "void", "none", "-1", "nodevfiles")
@@ -118,6 +122,40 @@ def parse_probe(stdout: str) -> dict[str, Any]:
     return dict(data) if isinstance(data, dict) else {"libcuda": "probe failed (unreadable answer)"}
 
 
+def _probe_key(env: Mapping[str, str], smi: Mapping[str, Any]) -> str | None:
+    """What the driver probe's answer depends on: this boot, the driver and
+    its devices as nvidia-smi lists them, and the visibility variables. None
+    (no reuse) when nvidia-smi listed nothing to pin the answer to."""
+    if not smi.get("devices"):
+        return None
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    parts = [boot, json.dumps(smi["devices"], sort_keys=True),
+             *(f"{k}={env.get(k)}" for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"))]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def probe_once(env: Mapping[str, str], smi: Mapping[str, Any]) -> dict[str, Any]:
+    """`driver_count`, asked once per boot, driver, device list and visibility:
+    cuInit alone costs about a quarter of a second on an H100, ten times
+    nvidia-smi. Only a count of one or more is kept: no device, or a failure,
+    is asked again."""
+    key = _probe_key(env, smi)
+    path = cache_dir() / "gpu-probe" / f"{key}.json" if key else None
+    if path is not None:
+        with contextlib.suppress(OSError, ValueError):
+            kept = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(kept, dict) and isinstance(kept.get("libcuda"), int) and kept["libcuda"] > 0:
+                return {**kept, "reused": True}
+    counts = driver_count(env)
+    if path is not None and isinstance(counts.get("libcuda"), int) and counts["libcuda"] > 0:
+        with contextlib.suppress(OSError):
+            atomic_write_text(path, json.dumps(counts))
+    return counts
+
+
 def cuda_version(code: Any) -> str | None:
     """cuDriverGetVersion's 13000 -> '13.0'."""
     return f"{code // 1000}.{code % 1000 // 10}" if isinstance(code, int) and code > 0 else None
@@ -125,15 +163,13 @@ def cuda_version(code: Any) -> str | None:
 
 def detect(env: Mapping[str, str] | None = None, *, runtime: bool = True) -> dict[str, Any]:
     """Every GPU fact the runner can gather without initialising CUDA itself:
-    one nvidia-smi call and, at the same time, the driver probe in a child."""
+    one nvidia-smi call and the driver probe in a child (see `probe_once`)."""
     env = dict(os.environ if env is None else env)
     cuda_vis, cuda_shown = env_visibility("CUDA_VISIBLE_DEVICES", env)
     nv_vis, nv_shown = env_visibility("NVIDIA_VISIBLE_DEVICES", env)
     hidden = cuda_vis is False or nv_vis is False
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cuda-probe") as pool:
-        probe = pool.submit(driver_count, env) if runtime and not hidden else None
-        smi = nvidia_smi(env)
-        counts = probe.result() if probe is not None else {}
+    smi = nvidia_smi(env)
+    counts = probe_once(env, smi) if runtime and not hidden else {}
     runtime_n = counts.get("libcuda") if isinstance(counts.get("libcuda"), int) else None
     if hidden:
         visible = False

@@ -137,3 +137,9 @@ def small_h5ad(tmp_path: Path) -> Path:
     path.parent.mkdir()
     adata.write_h5ad(path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the preflight keeps the driver's answer in gpuflow's cache dir: each test its own
+    monkeypatch.setenv("GPUFLOW_CACHE_DIR", str(tmp_path / "gpuflow-cache"))

@@ -152,3 +152,20 @@ def test_importing_the_guard_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert out.stdout.strip() == "[]"
+
+
+def test_the_driver_is_asked_once_per_boot_driver_and_visibility(
+        fake_smi: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GPUFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    asked: list[str | None] = []
+
+    def count(env: dict[str, str]) -> dict[str, object]:
+        asked.append(env.get("CUDA_VISIBLE_DEVICES"))
+        return {"libcuda": 1, "cuda_driver_version": 13000}
+
+    monkeypatch.setattr(gpu, "driver_count", count)
+    first, again = gpu.detect(_env(fake_smi)), gpu.detect(_env(fake_smi))
+    assert first["runtime_devices"] == again["runtime_devices"] == 1 and again["cuda_version"] == "13.0"
+    assert asked == [None]
+    gpu.detect(_env(fake_smi, CUDA_VISIBLE_DEVICES="0"))  # another visibility: asked again
+    assert asked == [None, "0"]
