@@ -22,7 +22,7 @@ from gpuflow.core.fsutil import atomic_write_text, sha256_file
 from gpuflow.core.log import log
 from gpuflow.core.step import Step, Verdict
 from gpuflow.report.junit import TestCounts, parse_junit
-from gpuflow.report.model import ArtifactFile, GpuFacts, RunSummary, Schedule, StepRow, Summary, TestsUnreadable
+from gpuflow.report.model import ArtifactFile, CellMemory, GpuFacts, RunSummary, Schedule, StepRow, Summary, TestsUnreadable
 
 EXPECTED_STEPS = ("execute", "convert", "stage", "test")
 ORDER = ("preflight", "clone", "download", "execute", "convert", "stage", "test")
@@ -36,7 +36,7 @@ def _first_line(error: str | None) -> str | None:
 
 def _steps(out: ArtifactDir, records: list[record.StepRecord]) -> tuple[list[StepRow], list[str]]:
     rows = [StepRow(name=r.name, status=r.status, exit_code=r.exit_code, duration_s=r.duration_s,
-                    error=_first_line(r.error)) for r in records]
+                    error=_first_line(r.error), started_at=r.started_at) for r in records]
     seen = {r.name for r in records}
     missing = [name for name in EXPECTED_STEPS if name not in seen]
     rows += [StepRow(name=name, status="skipped", exit_code=None, duration_s=None,
@@ -68,24 +68,36 @@ def _number(value: Any) -> float | None:
 
 
 def gpu_facts(path: Path) -> GpuFacts | None:
-    """GPU name, peak memory and mean utilisation from telemetry.json (the
-    schema `gpuflow.gpu.telemetry.summarize` writes), plus the memory series in
-    MiB for the chart. None when there is no (readable) telemetry."""
+    """GPU name, the two peak memories (NVML's device memory in use, RMM's
+    notebook allocation), utilisation, the heaviest cells and the series for
+    the chart, from telemetry.json (the schema `gpuflow.gpu.telemetry.summarize`
+    writes). None when there is no (readable) telemetry."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
         return None
-    samples = [s for s in data.get("samples") or [] if isinstance(s, dict)]
-    series = [(float(s.get("t", i)), float(s["memory_used"]) / MIB)
-              for i, s in enumerate(samples) if _number(s.get("memory_used")) is not None]
-    peak = _number(data.get("peak_memory_bytes"))
+    samples = [s for s in data.get("samples") or [] if isinstance(s, dict) and _number(s.get("t")) is not None]
+    series = [(float(s["t"]), float(s["memory_used"]) / MIB) for s in samples if _number(s.get("memory_used")) is not None]
+    utilization = [(float(s["t"]), float(s["utilization"])) for s in samples if _number(s.get("utilization")) is not None]
+    rows = [c for c in data.get("cells") or [] if isinstance(c, dict) and _number(c.get("peak_bytes")) is not None]
+    peaks = [(int(c["cell"]) if _number(c.get("cell")) is not None else -1, int(c["peak_bytes"])) for c in rows]
+    spans = [(int(c["cell"]), float(c["start"]), float(c["end"])) for c in data.get("cell_spans") or []
+             if isinstance(c, dict) and all(_number(c.get(k)) is not None for k in ("cell", "start", "end"))]
+    heaviest = sorted((p for p in peaks if p[1] > 0), key=lambda p: -p[1])[:5]
+    used, rmm, total = (_number(data.get(k)) for k in ("peak_memory_bytes", "rmm_peak_bytes", "memory_total"))
+    if rmm is None and peaks:  # written before telemetry.json carried the RMM peak itself
+        rmm = max(p[1] for p in peaks)
     return GpuFacts(
         name=data["gpu"] if isinstance(data.get("gpu"), str) else None,
-        peak_memory_mib=round(peak / MIB, 1) if peak is not None else None,
+        memory_total_bytes=int(total) if total is not None else None,
+        device_memory_used_peak_bytes=int(used) if used is not None else None,
+        rmm_allocated_peak_bytes=int(rmm) if rmm is not None else None,
         mean_utilization_pct=_number(data.get("mean_utilization_pct")),
-        samples=len(samples), memory_series=series,
+        samples=len(samples), memory_series=series, utilization_series=utilization,
+        heaviest_cells=[CellMemory(cell=c if c >= 0 else None, rmm_peak_bytes=b) for c, b in heaviest],
+        cell_spans=spans, cell_peaks=peaks,
     )
 
 

@@ -20,6 +20,7 @@ class StepRow:
     exit_code: int | None
     duration_s: float | None
     error: str | None  # the first line, without terminal colours
+    started_at: str | None = None  # ISO 8601, UTC: places the step on the run's timeline
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,14 +33,33 @@ class TestsUnreadable:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CellMemory:
+    """One cell's RMM peak: what the notebook itself allocated while it ran."""
+
+    cell: int | None  # In [n]
+    rmm_peak_bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class GpuFacts:
-    """What telemetry.json says about the GPU (the schema `gpuflow.gpu.telemetry.summarize` writes)."""
+    """What telemetry.json says about the GPU (the schema `gpuflow.gpu.telemetry.summarize` writes).
+
+    Two different memories: `device_memory_used_peak_bytes` is NVML's reading
+    of the whole device, which counts an RMM pool's reservation in full;
+    `rmm_allocated_peak_bytes` is the most the notebook had allocated through
+    RMM at once (None when RMM was not set up)."""
 
     name: str | None
-    peak_memory_mib: float | None
+    memory_total_bytes: int | None
+    device_memory_used_peak_bytes: int | None
+    rmm_allocated_peak_bytes: int | None
     mean_utilization_pct: float | None
     samples: int
-    memory_series: list[tuple[float, float]]  # (seconds, MiB), for the chart
+    heaviest_cells: list[CellMemory]  # by RMM peak, largest first, at most five
+    memory_series: list[tuple[float, float]]  # (seconds, MiB in use), for the chart
+    utilization_series: list[tuple[float, float]] = field(default_factory=list)  # (seconds, %)
+    cell_spans: list[tuple[int, float, float]] = field(default_factory=list)  # (In [n], start s, end s)
+    cell_peaks: list[tuple[int, int]] = field(default_factory=list)  # (In [n], RMM peak bytes), every cell
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,8 @@ from typing import Any
 
 from gpuflow.core import artifacts, tables
 from gpuflow.core.artifacts import ArtifactDir
-from gpuflow.report.model import RunSummary, Schedule, Summary
+from gpuflow.report import charts
+from gpuflow.report.model import GpuFacts, RunSummary, Schedule, Summary
 
 ICON = {"success": "✅", "failed": "❌", "skipped": "⏩"}
 TEST_ROWS = (("passed", "✅ Passed"), ("failed", "❌ Failed"), ("skipped", "⏩ Skipped"),
@@ -60,11 +61,29 @@ def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
     if gpu is None:
         rows.append(("GPU", "none recorded"))
     else:
-        rows += [("GPU", gpu.name),
-                 ("GPU peak memory", f"{gpu.peak_memory_mib:.0f} MiB" if gpu.peak_memory_mib else None),
+        rows += [("GPU", gpu.name), *gpu_memory_rows(gpu),
                  ("GPU mean utilisation", f"{gpu.mean_utilization_pct}%"
                   if gpu.mean_utilization_pct is not None else None)]
     return [(k, v) for k, v in rows if v is not None]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def gpu_memory_rows(gpu: GpuFacts) -> list[tuple[str, Any]]:
+    """The two memories, each named for what it is: NVML's device memory in
+    use counts an RMM pool's whole reservation; RMM's peak is what the
+    notebook allocated."""
+    total = f" of {_gib(gpu.memory_total_bytes)}" if gpu.memory_total_bytes else ""
+    used = gpu.device_memory_used_peak_bytes
+    rmm = gpu.rmm_allocated_peak_bytes
+    heaviest = ", ".join(f"In [{c.cell}] {_gib(c.rmm_peak_bytes)}" for c in gpu.heaviest_cells)
+    return [("GPU memory in use, peak (NVML; includes an RMM pool's reservation)",
+             f"{_gib(used)}{total}" if used is not None else None),
+            ("GPU memory allocated by the notebook, peak (RMM)",
+             _gib(rmm) if rmm is not None else "not measured (RMM not set up)"),
+            ("Heaviest cells (RMM peak)", heaviest or None)]
 
 
 def markdown(summary: Summary) -> str:
@@ -117,23 +136,6 @@ def _test_cells(s: Summary) -> tuple[Any, Any]:
     return s.counts.passed, s.counts.failed + s.counts.errors
 
 
-def memory_chart(series: Sequence[tuple[float, float]], width: int = 600, height: int = 160) -> str:
-    """An inline SVG line chart of GPU memory (MiB) over time (s)."""
-    if len(series) < 2:
-        return ""
-    t0, t1 = series[0][0], max(t for t, _ in series)
-    top = max(m for _, m in series) or 1.0
-    pad = 30
-    points = " ".join(f"{pad + (t - t0) / ((t1 - t0) or 1) * (width - 2 * pad):.1f},"
-                      f"{height - pad - m / top * (height - 2 * pad):.1f}" for t, m in series)
-    return (f'<svg width="{width}" height="{height}" role="img" '
-            f'aria-label="GPU memory over time"><title>GPU memory over time</title>'
-            f'<polyline fill="none" stroke="#0969da" stroke-width="2" points="{points}"/>'
-            f'<text x="{pad}" y="18" font-size="12">peak {top:.0f} MiB</text>'
-            f'<text x="{width - pad}" y="{height - 8}" font-size="12" text-anchor="end">{t1 - t0:.0f} s</text>'
-            "</svg>")
-
-
 def _document(title: str, body: Sequence[str]) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
@@ -163,7 +165,7 @@ def page(summary: Summary, artifact_dir: ArtifactDir) -> str:
         body += [f"<p>Failing: <code>{html.escape(t)}</code></p>" for t in counts.failing]
     body.append(tables.table(_fact_rows(summary), header=("Fact", "Value"), caption="Notebook and GPU"))
     if summary.gpu and summary.gpu.memory_series:
-        body.append(memory_chart(summary.gpu.memory_series))
+        body.append(charts.gpu_chart(summary.gpu))
     body.append(_links(artifact_dir))
     body.append(tables.table([(a.path, _size(a.bytes), a.sha256[:12]) for a in summary.artifacts],
                              header=("File", "Size", "sha256"), caption="Artifacts"))
@@ -184,4 +186,5 @@ def run_page(summary: RunSummary) -> str:
     if summary.schedule is not None:
         body.append(tables.table(_slot_rows(summary.schedule), header=SLOT_HEADER,
                                  caption=f"Schedule: {_makespan(summary.schedule)}"))
+        body.append(charts.timeline(summary))
     return _document(summary.title, body)

@@ -24,7 +24,9 @@ TELEMETRY = telemetry.summarize(
     [{"t": 0.0, "memory_used": 500 * MIB, "utilization": 10.0},
      {"t": 5.0, "memory_used": 20480 * MIB, "utilization": 95.0},
      {"t": 10.0, "memory_used": 8000 * MIB, "utilization": 45.0}],
-    "NVIDIA H100 80GB HBM3", 80 * 1024 * MIB, [], 0.25)
+    "NVIDIA H100 80GB HBM3", 80 * 1024 * MIB,
+    [{"cell": 1, "peak_bytes": 0, "total_bytes": 0}, {"cell": 2, "peak_bytes": 3 << 30, "total_bytes": 4 << 30},
+     {"cell": 3, "peak_bytes": 1 << 30, "total_bytes": 1 << 30}], 0.25)
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +67,22 @@ def test_all_records_give_success_and_junit_counts(art: Path) -> None:
     suite = ET.parse(art / "pytest_results.xml").getroot().find("testsuite")
     assert suite is not None
     assert data["tests"]["passed"] == int(suite.get("tests", 0)) - int(suite.get("failures", 0)) == 5
-    assert data["gpu"]["name"] == "NVIDIA H100 80GB HBM3" and data["gpu"]["peak_memory_mib"] == 20480
+    assert data["gpu"]["name"] == "NVIDIA H100 80GB HBM3"
+    # the device's memory in use (NVML) and what the notebook allocated (RMM), in bytes, each named
+    assert data["gpu"]["device_memory_used_peak_bytes"] == 20480 * MIB
+    assert data["gpu"]["rmm_allocated_peak_bytes"] == 3 << 30
+    assert data["gpu"]["heaviest_cells"] == [{"cell": 2, "rmm_peak_bytes": 3 << 30},
+                                             {"cell": 3, "rmm_peak_bytes": 1 << 30}]
     assert data["gpu"]["mean_utilization_pct"] == 50.0
     paths = {a["path"]: a for a in data["artifacts"]}
     assert {"scrna_preprocessing_output.html", "pytest_report.html", "coverage.xml", "telemetry.json"} <= set(paths)
     assert len(paths["coverage.xml"]["sha256"]) == 64
     md = (art / "STEP_SUMMARY.md").read_text()
     assert "SUCCESS (exit 0)" in md and "| ✅ Passed | 5 |" in md and "| 🔶 XFailed | 0 |" in md
-    assert "NVIDIA H100 80GB HBM3" in md and "20480 MiB" in md and "4 of 4 executed" in md
+    assert "NVIDIA H100 80GB HBM3" in md and "4 of 4 executed" in md
+    assert "| GPU memory in use, peak (NVML; includes an RMM pool's reservation) | 20.00 GiB of 80.00 GiB |" in md
+    assert "| GPU memory allocated by the notebook, peak (RMM) | 3.00 GiB |" in md
+    assert "| Heaviest cells (RMM peak) | In [2] 3.00 GiB, In [3] 1.00 GiB |" in md
     assert "<svg" in (art / "index.html").read_text()
     assert "<table>" in result._repr_html_()
 
