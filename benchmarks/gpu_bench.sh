@@ -44,6 +44,10 @@ line = Line(row="8", case="lite flow wall time", gpuflow=statistics.median(times
 json.dump({"machine": machine(), "quick": False, "lines": [line.to_json()]}, open(out, "w"), indent=2)
 PYEOF
 
+# The GPU path's own cost: preflight (median of 5) and execute vs papermill on the short
+# CuPy/Numba notebooks of benchmarks/gpu_notebooks (median of 5 alternating runs).
+"$PY" -m benchmarks.gpu_overhead --out "$OUT/overhead" | tee "$OUT/overhead.txt"
+
 if [ -f benchmarks/gpu_suite.sh ]; then
   OUT="$OUT/suite" sh benchmarks/gpu_suite.sh || echo "gpu_suite.sh failed: see $OUT/suite" >&2
 else

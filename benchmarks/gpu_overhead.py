@@ -1,7 +1,8 @@
 """What gpuflow's GPU path costs on top of papermill, on a GPU machine.
 
 - preflight: `gpuflow.gpu.devices.preflight("require")` in this process,
-  median of 5 (one nvidia-smi call and the libcuda child, side by side), with
+  median of 5, once with the driver's answer cached (one nvidia-smi call) and
+  once with a fresh cache each time (nvidia-smi and the libcuda child), with
   `nvidia-smi -L` alone for scale;
 - execute: `python -m gpuflow.execute NB OUT` (defaults: --gpu auto, --rmm
   auto = a pool, telemetry on) and `--rmm off` against `papermill NB OUT` on
@@ -40,16 +41,32 @@ def timed(cmd: Sequence[str]) -> tuple[float, int, str]:
     return time.perf_counter() - t0, done.returncode, (done.stderr or done.stdout)[-400:]
 
 
-def preflight(repeats: int) -> dict[str, Any]:
+def _preflights(repeats: int, fresh_cache: bool) -> tuple[list[float], dict[str, Any]]:
+    import os
+    import tempfile
+
     from gpuflow.gpu import devices
 
     runs, facts = [], {}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        facts = devices.preflight("require")
-        runs.append(time.perf_counter() - t0)
+    with tempfile.TemporaryDirectory() as shared:
+        for _ in range(repeats):
+            # a fresh cache dir each time: the libcuda child runs every time, as on a new pod
+            os.environ["GPUFLOW_CACHE_DIR"] = tempfile.mkdtemp() if fresh_cache else shared
+            t0 = time.perf_counter()
+            facts = devices.preflight("require")
+            runs.append(time.perf_counter() - t0)
+    os.environ.pop("GPUFLOW_CACHE_DIR", None)
+    return runs, facts
+
+
+def preflight(repeats: int) -> dict[str, Any]:
+    cold, facts = _preflights(repeats, fresh_cache=True)
+    warm, _ = _preflights(repeats + 1, fresh_cache=False)
+    warm = warm[1:]  # the first filled the cache
     smi = [timed(["nvidia-smi", "-L"])[0] for _ in range(repeats)]
-    return {"median_ms": round(statistics.median(runs) * 1000, 1), "runs_ms": [round(r * 1000, 1) for r in runs],
+    return {"median_ms": round(statistics.median(warm) * 1000, 1), "runs_ms": [round(r * 1000, 1) for r in warm],
+            "uncached_median_ms": round(statistics.median(cold) * 1000, 1),
+            "uncached_runs_ms": [round(r * 1000, 1) for r in cold],
             "nvidia_smi_L_median_ms": round(statistics.median(smi) * 1000, 1),
             "facts": {k: facts.get(k) for k in ("visible", "devices", "driver", "cuda_version", "checks")}}
 
@@ -97,8 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         data["notebooks"].append(execute(nb, work, args.repeats))
         (args.out / "gpu-overhead.json").write_text(json.dumps(data, indent=1) + "\n")
     pre = data["preflight"]
-    print(f"preflight: median {pre['median_ms']} ms of {args.repeats} {pre['runs_ms']} "
-          f"(nvidia-smi -L alone {pre['nvidia_smi_L_median_ms']} ms)")
+    print(f"preflight: median {pre['median_ms']} ms of {args.repeats} {pre['runs_ms']}; with the libcuda child "
+          f"every time (no cache) {pre['uncached_median_ms']} ms {pre['uncached_runs_ms']}; "
+          f"nvidia-smi -L alone {pre['nvidia_smi_L_median_ms']} ms")
     print(f"{'notebook':<26} {'papermill s':>11} {'gpuflow s':>10} {'ratio':>6} {'rmm off s':>10} {'ratio':>6} "
           f"{'guard s':>8}")
     for row in data["notebooks"]:

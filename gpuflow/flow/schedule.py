@@ -21,7 +21,11 @@ class Slot:
     gpu: str | None = None
 
     def env(self) -> dict[str, str]:
-        return {"CUDA_VISIBLE_DEVICES": self.gpu} if self.gpu is not None else {}
+        # CUDA numbers devices fastest first unless told otherwise; nvidia-smi,
+        # NVML (telemetry) and `--gpus` number them by PCI bus: one order for all
+        if self.gpu is None:
+            return {}
+        return {"CUDA_VISIBLE_DEVICES": self.gpu, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
 def slots_for(gpus: str, jobs: int, devices: Sequence[Any], default_gpu: str | None = None) -> list[Slot]:
