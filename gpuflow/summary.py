@@ -36,7 +36,8 @@ def _first_line(error: str | None) -> str | None:
 
 def _steps(out: ArtifactDir, records: list[record.StepRecord]) -> tuple[list[StepRow], list[str]]:
     rows = [StepRow(name=r.name, status=r.status, exit_code=r.exit_code, duration_s=r.duration_s,
-                    error=_first_line(r.error)) for r in records]
+                    error=_first_line(r.error),
+                    note=r.view(record.SkipDetails).reason if r.status == "skipped" else None) for r in records]
     seen = {r.name for r in records}
     missing = [name for name in EXPECTED_STEPS if name not in seen]
     rows += [StepRow(name=name, status="skipped", exit_code=None, duration_s=None,
@@ -208,6 +209,11 @@ def write_run_summary(run_dir: Path, *, title: str | None = None, pipeline_statu
     steps = [StepRow(name=name, status=s.status, exit_code=s.exit_code, duration_s=None,
                      error=next((r.error for r in s.steps if r.error), None)) for name, s in parts]
     missing = [] if parts else ["no per-notebook dirs with step records"]
+    if schedule is not None:
+        # `gpuflow run` knows how it ended (a usage error before any notebook,
+        # a SIGTERM, a failed run-level step): its exit code is the summary's
+        code = schedule.exit_code
+        missing = [] if schedule.error or schedule.stopped else missing
     if pipeline_failed(pipeline_status) and code == 0:
         # a task died without leaving a record (OOM kill, eviction): the
         # pipeline's own verdict must still fail the summary

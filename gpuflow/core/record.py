@@ -99,6 +99,13 @@ class ConvertDetails:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SkipDetails:
+    """Why a step was deliberately not run."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ResumeDetails:
     """What `gpuflow run --resume` adds to a record to tell whether it can be kept."""
 

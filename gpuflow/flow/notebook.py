@@ -30,6 +30,7 @@ from gpuflow.flow.schedule import Slot
 if TYPE_CHECKING:
     from gpuflow.stage import RepoResult
 
+NO_TEST_REPO = "no test repo"
 KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
 
 
@@ -76,6 +77,7 @@ class NotebookResult:
     notebook: str
     slot: str
     steps: dict[str, record.Status]
+    notes: dict[str, str]  # why a step was skipped
     codes: dict[str, int]
     exit_code: int
     failed_step: str | None
@@ -91,6 +93,7 @@ class NotebookResult:
 def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     """Every step for one notebook, each through the step harness; reporting
     steps run after a failure too."""
+    from gpuflow.stage import STEP as STAGE
     from gpuflow.test import STEP as TEST
 
     t0 = time.monotonic()
@@ -113,6 +116,10 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
         if job.output.exists() and not flow.stop.is_set():
             note(_convert(job, cache, flow.config.sanitize_html))
         failed = any(r.exit_code != 0 for r in ran.values())
+        if flow.test_base is None and not flow.stop.is_set():
+            # nothing was named to judge these notebooks: the run is execute and convert
+            for step in (STAGE, TEST):
+                note(harness.skipped(step, job.dir, NO_TEST_REPO))
         if early is not None and copy is not None and not flow.stop.is_set():
             if failed and flow.config.skip_tests_on_failure:
                 note(harness.skipped(TEST, job.dir, "--skip-tests-on-failure"))
@@ -128,6 +135,8 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     failed_step = next((r for r in bad if r.exit_code == worst), None)
     return NotebookResult(
         name=job.name, notebook=job.rel, slot=slot.name, steps={s: r.status for s, r in ran.items()},
+        notes={s: r.record.view(record.SkipDetails).reason or "" for s, r in ran.items()
+               if r.status == "skipped" and r.record is not None},
         codes={s: r.exit_code for s, r in ran.items()}, exit_code=worst,
         failed_step=failed_step.step if failed_step else None, error=failed_step.error if failed_step else None,
         duration_s=round(time.monotonic() - t0, 3),

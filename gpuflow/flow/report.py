@@ -95,11 +95,18 @@ def _with_summary(result: RunResult, status: record.Status, code: int) -> RunRes
 SHORT: dict[record.Status, str] = {"success": "ok", "failed": "failed", "skipped": "skipped", "kept": "kept"}
 
 
+def _status_word(n: NotebookResult, step: str) -> str:
+    if step not in n.steps:
+        return "-"
+    note = n.notes.get(step)
+    return f"{SHORT[n.steps[step]]} ({note})" if note else SHORT[n.steps[step]]
+
+
 def status_table(result: RunResult) -> str:
     steps = ("execute", "convert", "stage", "test", "summary")
     rows = [["notebook", *steps, "exit", "time"]]
     for n in result.notebooks:
-        rows.append([n.name, *(SHORT[n.steps[s]] if s in n.steps else "-" for s in steps), str(n.exit_code),
+        rows.append([n.name, *(_status_word(n, s) for s in steps), str(n.exit_code),
                      f"{n.duration_s:.1f}s"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows]
