@@ -34,7 +34,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGED_DEMO = Path(__file__).resolve().parents[1] / "_demo"
 BUNDLED_NOTEBOOK = "notebooks/scrna_preprocessing.ipynb"
 BUNDLED_TESTS_REL = "examples/notebook-tests"
-DEMO_FILES = (BUNDLED_NOTEBOOK, BUNDLED_TESTS_REL, "pyproject.toml")  # what the build copies
 ENV_PREFIX = "GPUFLOW_"
 PROFILES = ("full", "lite")
 DATASET_KEYS = ("url", "dest", "sha256", "size")
