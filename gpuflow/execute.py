@@ -80,7 +80,7 @@ def execute_notebook(
         raise errors.InputError(f"output {output_path} is the input notebook; it is never overwritten")
     _check_options(cwd, cell_timeout, timeout)
     nb = prepare.load_notebook(input_path)
-    name = kernel or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    name = prepare.kernel_name(nb, kernel)
     prepare.check_writable(output_path.parent)
     prepare.check_writable(log_path.parent)
     if not prepare_only:
@@ -176,6 +176,13 @@ def _cell_error(nb: Any) -> engine.Stop | None:
             if out.get("ename") == "SystemExit" and out.get("evalue") in ("", "0"):
                 continue
             what = f"raised {out.get('ename')}: {_plain(out.get('evalue', ''))}"
+            return engine.Stop(exc=errors.CellError, what=what, place_first=True, cell=index, banner="")
+        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            # the kernel's execute reply said "error" with no error output (an
+            # unknown line magic writes a UsageError to stderr): a failed cell all the same
+            said = next((_plain("".join(out.get("text", ""))) for out in cell.get("outputs", [])
+                         if out.get("output_type") == "stream" and out.get("name") == "stderr"), "")
+            what = f"failed: {said}" if said else "failed (the kernel reported an error)"
             return engine.Stop(exc=errors.CellError, what=what, place_first=True, cell=index, banner="")
     return None
 

@@ -1,0 +1,36 @@
+"""`gpuflow execute` on notebooks papermill runs: the same outcome, told in the user's words."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.contact.helpers import gpuflow, write_notebook
+
+
+def test_a_cell_the_kernel_reports_failed_is_a_failed_cell(tmp_path: Path) -> None:
+    write_notebook(tmp_path / "magic.ipynb", "x = 1", "%undefined-line-magic", "print('never')")
+    done = gpuflow("execute", "magic.ipynb", "out/magic_out.ipynb", "--gpu", "off", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "undefined-line-magic" in done.stderr.splitlines()[-1]
+    out = json.loads((tmp_path / "out" / "magic_out.ipynb").read_text())
+    assert not any("never" in str(c.get("outputs")) for c in out["cells"])
+
+
+def test_kernelspec_with_language_and_no_name_runs(tmp_path: Path) -> None:
+    write_notebook(tmp_path / "lang.ipynb", "print('ran')", kernelspec={"language": "python", "display_name": "P"})
+    done = gpuflow("execute", "lang.ipynb", "out/lang_out.ipynb", "--gpu", "off", "--kernel", "", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernelspec" in done.stderr  # the warning says what was off
+    done = gpuflow("execute", "lang.ipynb", "out/lang_out2.ipynb", "--gpu", "off", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_os_exit_is_kept_and_is_a_kernel_death(tmp_path: Path) -> None:
+    write_notebook(tmp_path / "dies.ipynb", "print('before')", "import os\nos._exit(3)", "print('after')")
+    done = gpuflow("execute", "dies.ipynb", "out/dies_out.ipynb", "--gpu", "off", cwd=tmp_path)
+    assert done.returncode == 137, done.stderr[-2000:]
+    assert "status 3" in done.stderr.splitlines()[-1]
+    # the blueprints' shutdown idiom is still removed
+    write_notebook(tmp_path / "bp.ipynb", "print('ok')", "import IPython\nIPython.Application.instance().kernel.do_shutdown(True)")
+    done = gpuflow("execute", "bp.ipynb", "out/bp_out.ipynb", "--gpu", "off", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
