@@ -34,9 +34,9 @@ class ExecuteResult:
     log: Path
     status: str  # "success" | "failed"
     exit_code: int
-    cells: int
+    cells: int  # the user's code cells: the input notebook's, none that gpuflow or papermill injected
     executed_cells: int
-    failed_cell: int | None = None  # index into the INPUT notebook's cells, from 0
+    failed_cell: int | None = None  # index into the INPUT notebook's cells, from 0 (told as "cell <index + 1>")
     error: str | None = None
     duration_s: float = 0.0
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -95,7 +95,7 @@ def execute_notebook(
     nb = _papermill_metadata(nb, params, input_path, output_path, name, report_mode)
     base = ExecuteResult(
         input=input_path, output=output_path, log=log_path, status="success", exit_code=0,
-        cells=len(nb.cells), executed_cells=0, parameters=params, prepared=report.summary(),
+        cells=_user_code_cells(nb, origin), executed_cells=0, parameters=params, prepared=report.summary(),
     )
     if prepare_only:
         log.info(f"prepared (not executed): {report.summary()}")
@@ -127,7 +127,7 @@ def execute_notebook(
                 stop = _add_banner(nb, stop)
         finally:
             engine.write_notebook(nb, output_path)
-        result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
+        result = replace(base, executed_cells=_executed(nb, origin), duration_s=round(time.monotonic() - t0, 3))
         if stop is not None:
             _raise_for(stop, nb, origin, result)  # inside the step, so that it reads "failed"
     return result
@@ -227,20 +227,39 @@ def _input_index(nb: Any, cell: int | None, origin: dict[Any, int]) -> int | Non
 
 
 def _where(nb: Any, cell: int | None, failed: int | None) -> str:
+    """Where execution stopped, as the user counts: "cell 3 (In [3])" is the
+    third cell of their notebook, and In [n] is what papermill shows for it."""
     if cell is None:
         return ""
     tags = nb.cells[cell].metadata.get("tags", [])
-    count = nb.cells[cell].get("execution_count")
+    count = _papermill_count(nb, cell)
     label = f" (In [{count}])" if count is not None else ""
     if failed is not None:
-        return f"cell {failed}{label}"
+        return f"cell {failed + 1}{label}"
     if "injected-parameters" in tags:
         return f"the injected parameters cell{label}"
     return f"the GPU guard cell{label}" if prepare.GUARD_TAG in tags else f"an injected cell{label}"
 
 
-def _executed(nb: Any) -> int:
-    return sum(1 for c in nb.cells if c.cell_type == "code" and c.get("execution_count") is not None)
+def _papermill_count(nb: Any, cell: int) -> int | None:
+    """The cell's execution count less those taken by gpuflow's injected cells
+    before it (found by their tag, wherever they sit and whether or not they
+    ran in the kernel's history): papermill, which injects none, shows this."""
+    count = nb.cells[cell].get("execution_count")
+    if count is None:
+        return None
+    ours = sum(1 for c in nb.cells[:cell] if prepare.GUARD_TAG in c.metadata.get("tags", [])
+               and c.get("execution_count") is not None)
+    return int(count) - ours
+
+
+def _user_code_cells(nb: Any, origin: dict[Any, int]) -> int:
+    return sum(1 for c in nb.cells if c.cell_type == "code" and c.get("id") in origin)
+
+
+def _executed(nb: Any, origin: dict[Any, int]) -> int:
+    return sum(1 for c in nb.cells if c.cell_type == "code" and c.get("id") in origin
+               and c.get("execution_count") is not None)
 
 
 

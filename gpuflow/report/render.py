@@ -57,7 +57,8 @@ def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     if nb is not None:
         rows += [("Cells", f"{executed} of {nb.cells} executed" if nb.cells is not None else None),
-                 ("Failing cell (index from 0)", nb.failed_cell), ("Notebook error", nb.error),
+                 ("Failing cell", None if nb.failed_cell is None else f"cell {nb.failed_cell + 1}"),
+                 ("Notebook error", nb.error),
                  ("Notebook duration", f"{nb.duration_s:.1f}s" if nb.duration_s is not None else None)]
     if gpu is None:
         rows.append(("GPU", "none recorded"))

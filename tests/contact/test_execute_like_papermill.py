@@ -34,3 +34,13 @@ def test_os_exit_is_kept_and_is_a_kernel_death(tmp_path: Path) -> None:
     write_notebook(tmp_path / "bp.ipynb", "print('ok')", "import IPython\nIPython.Application.instance().kernel.do_shutdown(True)")
     done = gpuflow("execute", "bp.ipynb", "out/bp_out.ipynb", "--gpu", "off", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_cell_numbers_are_the_users_and_in_n_is_papermills(tmp_path: Path) -> None:
+    write_notebook(tmp_path / "four.ipynb", "md:# title", "a = 1", "raise ValueError('third')", "print('never')")
+    done = gpuflow("execute", "four.ipynb", "out/four_out.ipynb", "--gpu", "auto", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    # the 3rd cell of 4 (one markdown), the 2nd code cell: papermill shows In [2]
+    assert "cell 3 (In [2]) raised ValueError: third" in done.stderr.splitlines()[-1]
+    rec = json.loads((tmp_path / "out" / "steps" / "execute.json").read_text())
+    assert (rec["details"]["cells"], rec["details"]["executed_cells"]) == (3, 2)
