@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import errors
+from gpuflow.core import errors, tables
 from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.log import log
 from gpuflow.core.step import Step
@@ -44,6 +44,9 @@ class ExecuteResult:
 
     def __str__(self) -> str:
         return f"{self.output}: {self.status}, {self.executed_cells} cells executed in {self.duration_s:.1f}s"
+
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
 
     def details(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuflow.core import artifacts, errors, proc, record
+from gpuflow.core import artifacts, errors, proc, record, tables
 from gpuflow.core import step as harness
 from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text
@@ -88,6 +88,9 @@ class NotebookResult:
         if self.failed_step is None:
             return f"{self.name}: success in {self.duration_s:.1f}s"
         return f"{self.name}: {self.failed_step} failed ({self.exit_code}): {self.error or ''}".rstrip()
+
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
 
 
 def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:

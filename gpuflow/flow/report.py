@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors, record
+from gpuflow.core import cli, errors, record, tables
 from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
@@ -32,6 +32,12 @@ class RunResult:
     def __str__(self) -> str:
         bad = [n for n in self.notebooks if n.exit_code != 0]
         return f"{len(self.notebooks) - len(bad)} of {len(self.notebooks)} notebooks passed"
+
+    def _repr_html_(self) -> str:
+        rows = [(n.name, n.exit_code, ", ".join(f"{k}: {v}" for k, v in n.steps.items()), n.error)
+                for n in self.notebooks]
+        return tables.table(rows, header=("notebook", "exit", "steps", "error"),
+                            caption=f"{self}; exit {self.exit_code}; {self.run_dir}")
 
 
 def slot_report(slots: list[Slot], pool: Any, makespan: float, results: list[NotebookResult],
