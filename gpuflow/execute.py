@@ -270,14 +270,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="notebook to execute (never modified)")
     p.add_argument("output", type=Path, help="executed notebook to write (partial on failure)")
     g = p.add_argument_group("parameters (papermill-style; later sources win: -f, -y, -p)")
-    g.add_argument("-p", "--parameters", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
-                   help="a parameter; VALUE becomes bool/None/int/float when it reads as one")
+    # --parameters: papermill's spelling, kept so its command lines work unchanged
+    g.add_argument("-p", "--parameter", "--parameters", dest="parameters", nargs=2, action="append",
+                   metavar=("NAME", "VALUE"), default=[],
+                   help="a parameter (repeat for more); VALUE becomes bool/None/int/float when it reads as one")
     g.add_argument("-y", "--parameters-yaml", action="append", metavar="YAML", default=[],
                    help="parameters as a YAML mapping")
     g.add_argument("-f", "--parameters-file", action="append", type=Path, metavar="FILE", default=[],
                    help="parameters from a YAML file holding a mapping")
     e = p.add_argument_group("execution")
-    e.add_argument("--kernel", default="python3", help="kernel name (default: python3; '' = the notebook's)")
+    e.add_argument("--kernel", default="python3", help="kernel name (default: python3; '': the notebook's, "
+                   "else one for its language)")
     e.add_argument("--cwd", type=Path, default=None, help="the kernel's working directory (default: this one)")
     e.add_argument("--cell-timeout", type=float, default=None, metavar="S", help="seconds one cell may run")
     e.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -291,7 +294,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--prepare-only", action="store_true",
                    help="write the prepared notebook to OUTPUT and exit without starting a kernel")
     e.add_argument("--pass-env", action="append", default=[], metavar="NAME",
-                   help="give the kernel this variable although its name looks like a secret")
+                   help="give the kernel this variable although its name looks like a secret (repeat for more)")
     _guard.add_arguments(p)
 
 

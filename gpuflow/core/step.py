@@ -73,7 +73,7 @@ class Step(Generic[R]):
         if hasattr(sys.stdout, "reconfigure"):
             # keep our lines and child output in order in CI logs
             sys.stdout.reconfigure(line_buffering=True)
-        p = cli.parser(self.prog, self.description)
+        p = cli.parser(f"gpuflow {self.name}", self.description)  # usage as people type it
         self.add_arguments(p)
         try:
             args = p.parse_args(argv)

@@ -168,17 +168,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, opt in OPTIONS.items():
         if not opt.cli:
             continue
+        text = opt.help + _default_text(name)
         if name == "parameters":
             g.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append",
-                           metavar=("NAME", "VALUE"), help=opt.help + "; VALUE is read as YAML")
+                           metavar=("NAME", "VALUE"), help=opt.help + " (repeat for more); VALUE is read as YAML")
+        elif name == "pass_env":  # one NAME per flag, repeated, as `gpuflow execute` takes it
+            g.add_argument(flag_name(name), action="append", default=None, metavar="NAME",
+                           help=opt.help + " (repeat for more)")
         elif opt.kind == "bool":
-            g.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None,
-                           help=opt.help)
+            g.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=text)
         elif opt.kind == "list":
-            g.add_argument(flag_name(name), nargs="+", default=None, help=opt.help)
+            g.add_argument(flag_name(name), nargs="+", default=None, help=text)
         else:
             g.add_argument(flag_name(name), type=_CLI_TYPES[opt.kind], default=None,
-                           choices=opt.choices or None, help=opt.help)
+                           choices=opt.choices or None, help=text)
+
+
+def _default_text(name: str) -> str:
+    # the flags' own defaults are None (so a flag left out is told from one
+    # given); --help shows the built-in value instead
+    value = getattr(DEFAULTS, name)
+    if value in (None, "", (), {}) or isinstance(value, bool):
+        return ""
+    return f" (default: {str(value).replace('%', '%%')})"
 
 
 def cli_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -49,3 +49,28 @@ def test_doctor_fails_on_a_missing_kernel_or_an_unwritable_out_dir(tmp_path: Pat
     blocked.write_text("not a directory")  # unwritable as a directory, for root too
     done = gpuflow("doctor", "--gpu", "off", "--out", str(blocked / "runs"), cwd=tmp_path)
     assert done.returncode == 2 and "out dir" in done.stderr and "NOT writable" in done.stdout
+
+
+@pytest.mark.parametrize("step", ["run", "execute", "clone", "download", "convert", "stage", "test", "summary",
+                                  "doctor"])
+def test_usage_says_gpuflow_step_and_shows_defaults(step: str, tmp_path: Path) -> None:
+    done = gpuflow(step, "--help", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith(f"usage: gpuflow {step} "), done.stdout[:200]
+    assert "(default: " in done.stdout
+
+
+def test_parameter_and_pass_env_are_spelled_and_repeated_alike(tmp_path: Path) -> None:
+    for step in ("run", "execute"):
+        text = " ".join(gpuflow(step, "--help", cwd=tmp_path).stdout.split())
+        assert "-p NAME VALUE, --parameter NAME VALUE" in text, step
+        assert "--pass-env NAME" in text and "(repeat for more)" in text, step
+    shown = gpuflow("run", "--notebooks", "x.ipynb", "-p", "a", "1", "-p", "b", "two", "--pass-env", "A_TOKEN",
+                    "--pass-env", "B_KEY", "--print-config", cwd=tmp_path)
+    assert '"A_TOKEN", "B_KEY"' in shown.stdout and '{"a": 1, "b": "two"}' in shown.stdout, shown.stdout
+    nb = write_notebook(tmp_path / "p.ipynb", "a = 0\nb = 0", "print('A', a, 'B', b)")
+    nb_json = __import__("json").loads(nb.read_text())
+    nb_json["cells"][0]["metadata"]["tags"] = ["parameters"]
+    nb.write_text(__import__("json").dumps(nb_json))
+    done = gpuflow("execute", "p.ipynb", "out/p_out.ipynb", "--gpu", "off", "-p", "a", "1", "--parameter", "b", "2",
+                   "--pass-env", "A_TOKEN", "--pass-env", "B_KEY", cwd=tmp_path)
+    assert done.returncode == 0 and "A 1 B 2" in done.stderr, done.stderr[-2000:]
