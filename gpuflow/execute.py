@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow.core import errors, tables
-from gpuflow.core.artifacts import ArtifactDir
+from gpuflow.core.artifacts import ArtifactDir, notebook_name
 from gpuflow.core.log import log
 from gpuflow.core.step import Step
 from gpuflow.gpu import guard as _guard
@@ -78,7 +78,8 @@ def execute_notebook(
     """
     t0 = time.monotonic()
     input_path, output_path = Path(input_path), Path(output_path)
-    log_path = Path(log_path) if log_path else ArtifactDir(output_path.parent).papermill_log
+    # named after the notebook: several notebooks may be executed into one folder
+    log_path = Path(log_path) if log_path else ArtifactDir(output_path.parent).notebook_log(notebook_name(output_path))
     if prepare.same_file(input_path, output_path):
         raise errors.InputError(f"output {output_path} is the input notebook; it is never overwritten")
     _check_options(cwd, cell_timeout, timeout)
@@ -288,7 +289,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--no-report-mode", dest="report_mode", action="store_false",
                    help="show code inputs in the output (default hides them, like --report-mode)")
     e.add_argument("--log", type=Path, default=None, metavar="FILE",
-                   help="papermill log, also echoed to stderr (default: papermill.log beside OUTPUT)")
+                   help="papermill log, also echoed to stderr (default: papermill.log in --record-dir, "
+                   "else <name>.papermill.log beside OUTPUT <name>_output.ipynb)")
     e.add_argument("--log-level", default="DEBUG", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     e.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     e.add_argument("--prepare-only", action="store_true",
@@ -302,7 +304,8 @@ def _call(args: argparse.Namespace) -> ExecuteResult:
     return execute_notebook(
         args.input, args.output, parameters=parameters_from_args(args),
         kernel=args.kernel or None, cwd=args.cwd, cell_timeout=args.cell_timeout,
-        timeout=args.timeout, report_mode=args.report_mode, log_path=args.log,
+        timeout=args.timeout, report_mode=args.report_mode,
+        log_path=args.log or (ArtifactDir(args.record_dir).papermill_log if args.record_dir else None),
         log_level=args.log_level, progress_bar=args.progress_bar and log.format != "json",
         guard=_guard.options_from_args(args), pass_env=args.pass_env,
         prepare_only=args.prepare_only,
@@ -313,6 +316,9 @@ STEP = Step(
     name="execute", description="Execute a notebook with papermill; every failure has its exit code.",
     add_arguments=add_arguments, call=_call, details=ExecuteResult.details, stdout=lambda result: result.output,
     record_dir=lambda a: a.record_dir or Path(a.output).parent,
+    # --record-dir is this notebook's own dir (gpuflow run, Tekton); the output's
+    # folder may hold several notebooks, so there the record is named after it
+    record_notebook=lambda a: None if a.record_dir else notebook_name(a.output),
 )
 
 

@@ -42,5 +42,18 @@ def test_cell_numbers_are_the_users_and_in_n_is_papermills(tmp_path: Path) -> No
     assert done.returncode == 1, done.stderr[-2000:]
     # the 3rd cell of 4 (one markdown), the 2nd code cell: papermill shows In [2]
     assert "cell 3 (In [2]) raised ValueError: third" in done.stderr.splitlines()[-1]
-    rec = json.loads((tmp_path / "out" / "steps" / "execute.json").read_text())
+    rec = json.loads((tmp_path / "out" / "steps" / "four_out.execute.json").read_text())
     assert (rec["details"]["cells"], rec["details"]["executed_cells"]) == (3, 2)
+
+
+def test_two_executes_into_one_folder_keep_both_logs_and_records(tmp_path: Path) -> None:
+    write_notebook(tmp_path / "a.ipynb", "print('from a')")
+    write_notebook(tmp_path / "b.ipynb", "print('from b')")
+    for name in ("a", "b"):
+        done = gpuflow("execute", f"{name}.ipynb", f"out/{name}_output.ipynb", "--gpu", "off", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "out"
+    assert "from a" in (out / "a.papermill.log").read_text() and "from b" in (out / "b.papermill.log").read_text()
+    records = {p.name: json.loads(p.read_text()) for p in (out / "steps").glob("*.json")}
+    assert set(records) == {"a.execute.json", "b.execute.json"}
+    assert records["a.execute.json"]["details"]["input"].endswith("a.ipynb")

@@ -16,6 +16,7 @@ import pytest
 
 from gpuflow import execute
 from gpuflow.core import errors
+from gpuflow.core.artifacts import notebook_name
 from gpuflow.notebook import prepare
 from tests.execute.conftest import ROOT, MakeNotebook, last_line, read
 
@@ -27,7 +28,8 @@ def banners(nb: object) -> list[str]:
 
 
 def record(out: Path) -> dict:
-    return json.loads((out.parent / "steps" / "execute.json").read_text())
+    # named after the notebook: the output's folder may hold several notebooks
+    return json.loads((out.parent / "steps" / f"{notebook_name(out)}.execute.json").read_text())
 
 
 def test_success_with_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,7 +44,7 @@ def test_success_with_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[s
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "HELLO name=ci\n" in text and "SQUARES [0, 1, 4, 9]\n" in text and "DONE hello_params\n" in text
     assert not banners(nb) and nb.metadata.papermill.parameters == {"name": "ci", "repeat": 3}
-    log_text = (out.parent / "papermill.log").read_text()
+    log_text = (out.parent / f"{notebook_name(out)}.papermill.log").read_text()
     assert "Executing Cell 1---" in log_text and "HELLO name=ci" in log_text
     assert "HELLO name=ci" in err  # tee: the log is on stderr too
     assert record(out)["exit_code"] == 0 and record(out)["details"]["executed_cells"] == 4  # the notebook's own 4 cells

@@ -55,7 +55,7 @@ def test_bad_input_is_exit_2_with_one_line(
     assert err.count("\n") == 1 and err.startswith("gpuflow.execute: ") and message in err
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "out.ipynb").exists()
-    record = json.loads((tmp_path / "out" / "steps" / "execute.json").read_text())
+    record = json.loads((tmp_path / "out" / "steps" / "out.execute.json").read_text())
     assert record["exit_code"] == 2 and message in record["error"]
 
 
