@@ -246,8 +246,11 @@ class EarlyTests:
     gate: Path
     out_dir: Path
     future: Future[Any]
+    lines: HeldLines
 
     def release(self, verdict: str) -> None:
+        if verdict == "go":
+            self.lines.let_go()
         if not self.gate.exists():
             atomic_write_text(self.gate, verdict)
 
@@ -260,19 +263,50 @@ class EarlyTests:
             pass
 
 
+class HeldLines:
+    """A notebook's early pytest output, each line under the notebook's name
+    (parallel notebooks interleave): held until its tests are let go, and
+    dropped when they never are, so a kept or skipped test step prints
+    nothing. The reports' scratch paths read as the artifact dir they move to."""
+
+    def __init__(self, name: str, scratch: Path, final: Path) -> None:
+        self.name, self.scratch, self.final = name, str(scratch), str(final)
+        self.held: list[str] = []
+        self.live = False
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            if self.live:
+                self._print(line)
+            else:
+                self.held.append(line)
+
+    def let_go(self) -> None:
+        with self.lock:
+            self.live = True
+            for line in self.held:
+                self._print(line)
+            self.held.clear()
+
+    def _print(self, line: str) -> None:
+        log.raw(f"[{self.name}] {line.replace(self.scratch, self.final)}")
+
+
 def start_tests(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> EarlyTests:
     from gpuflow.test import run_tests
 
     gate, out_dir = RunDir(flow.run_dir).pytest_gate(job.name), RunDir(flow.run_dir).pytest_scratch(job.name).path
     gate.unlink(missing_ok=True)
+    lines = HeldLines(job.name, out_dir.resolve(), job.dir.resolve())
 
     def tests() -> Any:
         repo = copy.result().path
         base = flow.test_base.result()  # type: ignore[union-attr]
         return run_tests(repo, marker=flow.config.marker, out_dir=out_dir, install=False,
-                         python=base.python, gate=gate)
+                         python=base.python, gate=gate, echo=lines)
 
-    return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests))
+    return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests), lines=lines)
 
 
 def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> harness.Ran[Any]:
