@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import html
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -118,10 +119,12 @@ def _tests_cell(s: Summary, test: StepRow | None) -> str | None:
 
 
 def _reason(s: Summary) -> str | None:
+    """The first failed step's line, without the path it points to (the Files column links it)."""
     if s.status == "success":
         return None
-    return next((row.error for row in s.steps if row.error and row.status == "failed"),
+    line = next((row.error for row in s.steps if row.error and row.status == "failed"),
                 next((row.error for row in s.steps if row.error), None))
+    return re.sub(r" \(see [^()]*\)$", "", line) if line else None
 
 
 def _run_reason(summary: RunSummary) -> str | None:
