@@ -1,0 +1,146 @@
+"""The artifact layout: every file a step writes or reads, named once.
+
+A notebook's artifact dir holds what its steps leave (output notebook and
+HTML, logs, test reports, telemetry, step records, summaries). A run dir,
+written by `gpuflow run`, holds one artifact dir per notebook plus the run's
+own config, schedule, summaries and scratch space. No other module spells
+one of these names, so moving a file is a one-line change here.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PAPERMILL_LOG = "papermill.log"
+NBCONVERT_LOG = "jupyter_nbconvert.log"
+COVERAGE_XML = "coverage.xml"
+JUNIT_XML = "pytest_results.xml"
+PYTEST_HTML = "pytest_report.html"
+PYTEST_LOG = "pytest_output.log"
+TELEMETRY_JSON = "telemetry.json"
+SUMMARY_JSON = "summary.json"
+STEP_SUMMARY_MD = "STEP_SUMMARY.md"
+INDEX_HTML = "index.html"
+RECORD_DIR = "steps"
+WORK_DIR = ".work"
+RUN_JSON = "run.json"
+CONFIG_JSON = "config.json"
+LOCK = ".lock"
+
+# what `gpuflow test` leaves: a kept test step needs every one of them
+TEST_OUTPUTS = (COVERAGE_XML, JUNIT_XML, PYTEST_HTML, PYTEST_LOG)
+# what `gpuflow summary` writes, and never counts among the artifacts it lists
+SUMMARY_OUTPUTS = (SUMMARY_JSON, STEP_SUMMARY_MD, INDEX_HTML)
+# the executed notebook is <name>_output.ipynb, its rendering <name>_output.html
+OUTPUT_SUFFIX = "_output"
+OUTPUT_HTML_GLOB = f"*{OUTPUT_SUFFIX}.html"
+
+
+@dataclass(frozen=True)
+class ArtifactDir:
+    """One notebook's artifact dir (also the dir a step CLI writes into)."""
+
+    path: Path
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def output_notebook(self, name: str) -> Path:
+        return self.path / f"{name}{OUTPUT_SUFFIX}.ipynb"
+
+    def output_html(self, name: str) -> Path:
+        return self.path / f"{name}{OUTPUT_SUFFIX}.html"
+
+    @property
+    def papermill_log(self) -> Path:
+        return self.path / PAPERMILL_LOG
+
+    @property
+    def nbconvert_log(self) -> Path:
+        return self.path / NBCONVERT_LOG
+
+    @property
+    def coverage_xml(self) -> Path:
+        return self.path / COVERAGE_XML
+
+    @property
+    def junit_xml(self) -> Path:
+        return self.path / JUNIT_XML
+
+    @property
+    def pytest_html(self) -> Path:
+        return self.path / PYTEST_HTML
+
+    @property
+    def pytest_log(self) -> Path:
+        return self.path / PYTEST_LOG
+
+    @property
+    def telemetry(self) -> Path:
+        return self.path / TELEMETRY_JSON
+
+    @property
+    def summary_json(self) -> Path:
+        return self.path / SUMMARY_JSON
+
+    @property
+    def step_summary(self) -> Path:
+        return self.path / STEP_SUMMARY_MD
+
+    @property
+    def index_html(self) -> Path:
+        return self.path / INDEX_HTML
+
+    @property
+    def records(self) -> Path:
+        return self.path / RECORD_DIR
+
+    def record(self, step: str) -> Path:
+        return self.records / f"{step}.json"
+
+    def record_intent(self, step: str) -> Path:
+        """Where `--resume` notes a step's inputs before its CLI runs."""
+        return self.records / f"{step}.inputs"
+
+    @property
+    def test_outputs(self) -> tuple[Path, ...]:
+        return tuple(self.path / name for name in TEST_OUTPUTS)
+
+    @property
+    def summary_outputs(self) -> tuple[Path, ...]:
+        return tuple(self.path / name for name in SUMMARY_OUTPUTS)
+
+
+@dataclass(frozen=True, init=False)
+class RunDir(ArtifactDir):
+    """A `gpuflow run` dir: the run's own files, and one `ArtifactDir` per notebook."""
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / RUN_JSON
+
+    @property
+    def config_json(self) -> Path:
+        return self.path / CONFIG_JSON
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
+
+    @property
+    def work(self) -> Path:
+        """Scratch space (cloned repos, test-repo copies, pytest's early start):
+        not an artifact, never summarised."""
+        return self.path / WORK_DIR
+
+    def notebook(self, name: str) -> ArtifactDir:
+        return ArtifactDir(self.path / name)
+
+    def notebook_work(self, name: str) -> Path:
+        return self.work / name
+
+    def notebook_dirs(self) -> list[ArtifactDir]:
+        """The per-notebook dirs that have step records, by name."""
+        found = self.path.iterdir() if self.path.is_dir() else iter(())
+        return [ArtifactDir(p) for p in sorted(found) if p.is_dir() and (p / RECORD_DIR).is_dir()]
