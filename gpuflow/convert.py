@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors, tables
+from gpuflow.core import artifacts, cli, errors, tables
 from gpuflow.core.cachedir import cache_dir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 
-LOG_NAME = "jupyter_nbconvert.log"
+LOG_NAME = artifacts.NBCONVERT_LOG
 
 
 @dataclass(frozen=True, kw_only=True)

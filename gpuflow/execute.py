@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow.core import cli, errors
+from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.log import log
 from gpuflow.gpu import guard as _guard
 from gpuflow.notebook import engine, prepare
@@ -73,7 +74,7 @@ def execute_notebook(
     """
     t0 = time.monotonic()
     input_path, output_path = Path(input_path), Path(output_path)
-    log_path = Path(log_path) if log_path else output_path.parent / "papermill.log"
+    log_path = Path(log_path) if log_path else ArtifactDir(output_path.parent).papermill_log
     if prepare.same_file(input_path, output_path):
         raise errors.InputError(f"output {output_path} is the input notebook; it is never overwritten")
     _check_options(cwd, cell_timeout, timeout)
@@ -110,7 +111,7 @@ def execute_notebook(
         try:  # whatever happens, what ran is saved
             nb_man.notebook_start()
             try:
-                with _guard.telemetry(opts, output_path.parent / "telemetry.json"):
+                with _guard.telemetry(opts, ArtifactDir(output_path.parent).telemetry):
                     stop = engine.run_cells(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
             except errors.Stopped as exc:  # a signal before the kernel was up
                 stop = engine.Stop(type(exc), str(exc), None, str(exc).replace("{", "(").replace("}", ")"))

@@ -21,7 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors, proc
+from gpuflow.core import artifacts, cli, errors, proc
+from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text, contained
 from gpuflow.core.log import log, redact
 from gpuflow.flow import config as cfgmod
@@ -29,8 +30,6 @@ from gpuflow.flow import report as run_report
 from gpuflow.flow.notebook import Flow, NotebookJob, NotebookResult, TestBase, in_process, run_notebook
 from gpuflow.flow.report import RunResult
 from gpuflow.flow.schedule import Pool, Slot, slots_for
-
-WORK = ".work"
 
 
 def run_flow(
@@ -158,7 +157,7 @@ def _notebook_repo(cfg: cfgmod.FlowConfig, run_dir: Path, resume: bool) -> Path:
         return path
     from gpuflow.clone import clone
 
-    dest = run_dir / WORK / "repo"
+    dest = RunDir(run_dir).notebook_repo
     if resume and (dest / ".git").is_dir():
         return dest  # the resumed run's checkout: the notebooks' bytes decide what is redone
     return Path(clone(cfg.repo, dest, revision=cfg.revision, backup=False, token_env=cfg.token_env).path)
@@ -181,7 +180,7 @@ def _fetch_test_repo(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
     from gpuflow.test import python_for
 
     def prepare() -> dict[str, Any]:
-        base = run_dir / WORK / "test-repo"
+        base = RunDir(run_dir).test_repo
         fetch_repo(cfg.test_repo, base, token_env=cfg.token_env)
         box["base"] = TestBase(repo=base, python=python_for(base))
         return {"repo": str(base), "python": box["base"].python}
@@ -238,7 +237,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
     # flock, not a pid file: the kernel drops it when a crashed run dies, so
     # --resume after a crash never finds a stale lock
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as fh:
+    with open(RunDir(run_dir).lock, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -253,7 +252,7 @@ def _locked(run_dir: Path) -> Iterator[None]:
 def _save_config(run_dir: Path, resolved: cfgmod.Resolved) -> None:
     data = {"config": resolved.config.to_dict(), "sources": resolved.sources}
     # a token pasted into a repo URL must not land in the artifacts
-    atomic_write_text(run_dir / "config.json", redact(json.dumps(data, indent=2)))
+    atomic_write_text(RunDir(run_dir).config_json, redact(json.dumps(data, indent=2)))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -266,18 +265,18 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | 
     saved = None
     if args.resume is not None:
         try:
-            saved = json.loads((args.resume / "config.json").read_text(encoding="utf-8"))["config"]
+            saved = json.loads(RunDir(args.resume).config_json.read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError):
             raise errors.InputError(f"--resume {args.resume}: no readable config.json there") from None
     cli_values = cfgmod.cli_values(args)
     first = cfgmod.resolve(cli=cli_values, env=env, config_file=args.config, saved=saved,
-                           saved_label=f"resume {args.resume}/config.json")
+                           saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
     if repo_dir is None and first.config.repo_is_local:
         repo_dir = Path(first.config.repo).expanduser()
     if repo_dir is None or args.config is not None:
         return first
     return cfgmod.resolve(cli=cli_values, env=env, config_file=None, repo_pyproject=repo_dir / "pyproject.toml",
-                          saved=saved, saved_label=f"resume {args.resume}/config.json")
+                          saved=saved, saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
 
 
 def _impl(args: argparse.Namespace) -> cli.Outcome:

@@ -27,17 +27,17 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gpuflow.core import cli, errors, proc, tables
+from gpuflow.core import artifacts, cli, errors, proc, tables
+from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.cachedir import cache_dir
 from gpuflow.core.log import log
-from gpuflow.report.junit import TestCounts, parse_junit
+from gpuflow.report.junit import TestCounts, TestDetails, parse_junit
 
 PLUGINS = {"pytest_cov": "pytest-cov", "pytest_html": "pytest-html"}
 REQUIREMENT_FILES = ("requirements.txt", "requirements-test.txt", "requirements-dev.txt")
-OUTPUTS = ("coverage.xml", "pytest_results.xml", "pytest_report.html", "pytest_output.log")
 GATE_PLUGIN = "gpuflow_pytest_gate"
 
 
@@ -58,9 +58,9 @@ class TestResult(TestCounts):
         return tables.dataclass_table(self)
 
     def details(self) -> dict[str, object]:
-        return {"passed": self.passed, "failed": self.failed, "errors": self.errors,
-                "skipped": self.skipped, "xfailed": self.xfailed, "xpassed": self.xpassed,
-                "failing": list(self.failing), "out_dir": str(self.out_dir)}
+        """The step record's details, in the shape `TestDetails` reads."""
+        counts = {f.name: getattr(self, f.name) for f in fields(TestCounts)}
+        return asdict(TestDetails(**counts, out_dir=str(self.out_dir)))
 
     def raise_for_status(self) -> None:
         """Raise the exception matching pytest's exit status (nothing on success)."""
@@ -74,7 +74,7 @@ class TestResult(TestCounts):
             exc = errors.NoTestsCollected("pytest collected no tests (check --marker)")
         else:
             exc = errors.UsageError(f"pytest could not run the tests (exit {self.exit_code}): "
-                                    "usage or collection error, see pytest_output.log")
+                                    f"usage or collection error, see {artifacts.PYTEST_LOG}")
         exc.details = self.details()
         raise exc
 
@@ -138,10 +138,14 @@ def unmet(requirement_files: Sequence[Path]) -> list[str]:
 
 
 def _install(cmd: list[str], cwd: Path | None = None) -> None:
+    # pip reads PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX... from our environment: it is passed on
     try:
         proc.call(cmd, cwd=cwd, on_line=log.raw)
     except errors.CommandError as exc:
         raise errors.InfraError(f"installing the test environment failed: {exc}") from None
+    finally:
+        # an install changes what an interpreter can import: the next probe looks again
+        _missing_plugins.cache_clear()
 
 
 def _venv(repo_dir: Path, files: list[Path]) -> str:
@@ -191,12 +195,12 @@ def python_for(repo_dir: Path, *, install: bool = True, python: str | None = Non
 
 
 def pytest_command(python: str, marker: str, out_dir: Path, plugins_missing: Sequence[str] = ()) -> list[str]:
-    cmd = [python, "-m", "pytest", "-m", marker, "--override-ini", "addopts=",
-           f"--junitxml={out_dir / 'pytest_results.xml'}"]
+    out = ArtifactDir(out_dir)
+    cmd = [python, "-m", "pytest", "-m", marker, "--override-ini", "addopts=", f"--junitxml={out.junit_xml}"]
     if "pytest-cov" not in plugins_missing:
-        cmd += ["--cov=./", f"--cov-report=xml:{out_dir / 'coverage.xml'}"]
+        cmd += ["--cov=./", f"--cov-report=xml:{out.coverage_xml}"]
     if "pytest-html" not in plugins_missing:
-        cmd += [f"--html={out_dir / 'pytest_report.html'}", "--self-contained-html"]
+        cmd += [f"--html={out.pytest_html}", "--self-contained-html"]
     return cmd
 
 
@@ -230,13 +234,13 @@ def run_tests(
     for plugin in missing:
         log.warning(f"{plugin} is not installed for {chosen}: its report is skipped")
     out_dir.mkdir(parents=True, exist_ok=True)
-    junit = out_dir / "pytest_results.xml"
+    junit = ArtifactDir(out_dir).junit_xml
     junit.unlink(missing_ok=True)  # never read a previous run's results
     cmd = pytest_command(chosen, marker, out_dir, missing)
     env = None
     if gate is not None:
         cmd, env = [*cmd, "-p", GATE_PLUGIN], gate_env(gate)
-    with open(out_dir / "pytest_output.log", "w", encoding="utf-8") as tee:
+    with open(ArtifactDir(out_dir).pytest_log, "w", encoding="utf-8") as tee:
         done = proc.call(cmd, cwd=repo_dir, check=False, env=env, tee=tee, on_line=log.raw)
     counts = parse_junit(junit, done.stdout) if junit.is_file() else TestCounts()
     code = {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)

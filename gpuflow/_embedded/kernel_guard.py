@@ -288,7 +288,9 @@ def record_cell_stats(path: str) -> bool:
         if s is None:
             return
         # a Statistics dataclass in current RMM, a dict of counters in older ones
-        field = (lambda k: s[k]) if isinstance(s, dict) else (lambda k: getattr(s, k))
+        def field(key: str) -> Any:
+            return s[key] if isinstance(s, dict) else getattr(s, key)
+
         row = {"cell": getattr(result, "execution_count", None),
                "peak_bytes": int(field("peak_bytes")), "total_bytes": int(field("total_bytes"))}
         with open(path, "a", encoding="utf-8") as fh:

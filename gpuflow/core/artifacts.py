@@ -24,6 +24,12 @@ STEP_SUMMARY_MD = "STEP_SUMMARY.md"
 INDEX_HTML = "index.html"
 RECORD_DIR = "steps"
 WORK_DIR = ".work"
+# inside WORK_DIR: the run's clones, and each notebook's copy of the test repo
+# with its early-started pytest's gate and scratch output
+NOTEBOOK_REPO = "repo"
+TEST_REPO = "test-repo"
+PYTEST_GATE = "pytest-gate"
+PYTEST_SCRATCH = "pytest-out"
 RUN_JSON = "run.json"
 CONFIG_JSON = "config.json"
 LOCK = ".lock"
@@ -137,8 +143,28 @@ class RunDir(ArtifactDir):
     def notebook(self, name: str) -> ArtifactDir:
         return ArtifactDir(self.path / name)
 
+    @property
+    def notebook_repo(self) -> Path:
+        """Where a remote notebook repo is cloned."""
+        return self.work / NOTEBOOK_REPO
+
+    @property
+    def test_repo(self) -> Path:
+        """The test repo as fetched once per run, before each notebook copies it."""
+        return self.work / TEST_REPO
+
     def notebook_work(self, name: str) -> Path:
         return self.work / name
+
+    def notebook_test_repo(self, name: str) -> Path:
+        return self.notebook_work(name) / TEST_REPO
+
+    def pytest_gate(self, name: str) -> Path:
+        return self.notebook_work(name) / PYTEST_GATE
+
+    def pytest_scratch(self, name: str) -> ArtifactDir:
+        """Where a notebook's early pytest writes its reports until the run lets it go."""
+        return ArtifactDir(self.notebook_work(name) / PYTEST_SCRATCH)
 
     def notebook_dirs(self) -> list[ArtifactDir]:
         """The per-notebook dirs that have step records, by name."""

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import errors, proc, record
+from gpuflow.core import artifacts, errors, proc, record
+from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.cli import fail_line
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 from gpuflow.flow import config as cfgmod
-from gpuflow.flow.resume import StepCache, digest
+from gpuflow.flow.resume import StepCache, digest, stamped
 from gpuflow.flow.schedule import Slot
 
 KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
@@ -40,11 +41,11 @@ class NotebookJob:
 
     @property
     def output(self) -> Path:
-        return self.dir / f"{self.name}_output.ipynb"
+        return ArtifactDir(self.dir).output_notebook(self.name)
 
     @property
     def html(self) -> Path:
-        return self.dir / f"{self.name}_output.html"
+        return ArtifactDir(self.dir).output_html(self.name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +73,7 @@ class NotebookResult:
     name: str
     notebook: str
     slot: str
-    steps: dict[str, str]  # step -> ok | kept | skipped | failed
+    steps: dict[str, record.Status]
     codes: dict[str, int]
     exit_code: int
     failed_step: str | None
@@ -90,10 +91,10 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     t0 = time.monotonic()
     job.dir.mkdir(parents=True, exist_ok=True)
     cache = StepCache(job.dir, flow.resume)
-    steps: dict[str, str] = {}
+    steps: dict[str, record.Status] = {}
     codes: dict[str, int] = {}
 
-    def note(step: str, status: str, code: int) -> None:
+    def note(step: str, status: record.Status, code: int) -> None:
         steps[step], codes[step] = status, code
 
     copy = flow.background.submit(_copy_test_repo, flow, job) if flow.test_base is not None else None
@@ -125,7 +126,7 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     )
 
 
-def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tuple[str, int]:
+def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tuple[record.Status, int]:
     cfg = flow.config
     params = cfgmod.notebook_parameters(cfg)
     timeout = cfgmod.timeout_for(cfg, job.rel, job.stem)
@@ -136,7 +137,7 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
         return "kept", 0
     cmd = [sys.executable, "-m", "gpuflow.execute", str(job.notebook), str(job.output),
            "-y", json.dumps(params), "--kernel", cfg.kernel, "--cwd", str(job.notebook.parent),
-           "--log", str(job.dir / "papermill.log"), "--record-dir", str(job.dir),
+           "--log", str(ArtifactDir(job.dir).papermill_log), "--record-dir", str(job.dir),
            # INFO, as the Tekton workflow ran papermill: kernel message dumps drown parallel logs
            "--no-progress-bar", "--log-level", "INFO", *_guard_flags(cfg)]
     if timeout is not None:
@@ -171,7 +172,7 @@ def _kernel_never_started(code: int, rec: record.StepRecord | None) -> bool:
         return False
     # executed_cells is 0, not absent: absent means the execute process itself
     # died mid-run, which a retry would only repeat
-    return bool(rec.details.get("executed_cells", -1) == 0)
+    return rec.view(record.ExecuteDetails).executed_cells == 0
 
 
 def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
@@ -184,13 +185,13 @@ def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
     return flags
 
 
-def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> tuple[str, int]:
+def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> tuple[record.Status, int]:
     from gpuflow.convert import convert_notebook
 
     inputs = digest(job.output, "lab", sanitize_html)
 
     def convert() -> dict[str, Any]:
-        res = convert_notebook(job.output, job.html, log_path=job.dir / "jupyter_nbconvert.log",
+        res = convert_notebook(job.output, job.html, log_path=ArtifactDir(job.dir).nbconvert_log,
                                sanitize_html=sanitize_html)
         return {"html": str(res.html), "bytes": res.bytes}
 
@@ -203,12 +204,12 @@ def _copy_test_repo(flow: Flow, job: NotebookJob) -> Path:
     from gpuflow.stage import fetch_repo
 
     assert flow.test_base is not None
-    dest = flow.run_dir / ".work" / job.name / "test-repo"
+    dest = RunDir(flow.run_dir).notebook_test_repo(job.name)
     fetch_repo(str(flow.test_base.result().repo), dest)
     return dest
 
 
-def _stage(flow: Flow, job: NotebookJob, copy: Future[Path]) -> tuple[str, int]:
+def _stage(flow: Flow, job: NotebookJob, copy: Future[Path]) -> tuple[record.Status, int]:
     from gpuflow.stage import place_html
 
     def stage() -> dict[str, Any]:
@@ -253,8 +254,7 @@ class EarlyTests:
 def start_tests(flow: Flow, job: NotebookJob, copy: Future[Path]) -> EarlyTests:
     from gpuflow.test import run_tests
 
-    work = flow.run_dir / ".work" / job.name
-    gate, out_dir = work / "pytest-gate", work / "pytest-out"
+    gate, out_dir = RunDir(flow.run_dir).pytest_gate(job.name), RunDir(flow.run_dir).pytest_scratch(job.name).path
     gate.unlink(missing_ok=True)
 
     def tests() -> Any:
@@ -266,18 +266,16 @@ def start_tests(flow: Flow, job: NotebookJob, copy: Future[Path]) -> EarlyTests:
     return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests))
 
 
-def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> tuple[str, int]:
-    from gpuflow.test import OUTPUTS
-
+def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> tuple[record.Status, int]:
     assert flow.test_base is not None
     cfg = flow.config
-    outputs = [job.dir / n for n in ("pytest_results.xml", "pytest_report.html", "pytest_output.log")]
+    outputs = list(ArtifactDir(job.dir).test_outputs)  # coverage.xml too: a kept test step needs it
     inputs = digest(job.html, cfg.test_repo, cfg.marker, staged_name(cfg, job.stem))
 
     def test() -> dict[str, Any]:
         early.release("go")
         res = early.future.result()
-        for name in OUTPUTS:  # the reports move from the scratch dir to the notebook's artifacts
+        for name in artifacts.TEST_OUTPUTS:  # the reports move from the scratch dir to the notebook's artifacts
             if (early.out_dir / name).exists():
                 os.replace(early.out_dir / name, job.dir / name)
         res.raise_for_status()
@@ -289,7 +287,7 @@ def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> 
 def in_process(
     directory: Path, step: str, fn: Callable[[], dict[str, Any]], *, cache: StepCache | None = None,
     inputs: str | None = None, outputs: list[Path] | None = None,
-) -> tuple[str, int]:
+) -> tuple[record.Status, int]:
     """Run a step function here, map what it raises to an exit code, record it."""
     if cache is not None and inputs is not None and cache.fresh(step, inputs, outputs or []):
         log.info(f"{directory.name}: {step} unchanged since the last run, kept (--resume)")
@@ -310,21 +308,21 @@ def in_process(
     if error:
         log.error(f"{directory.name}: {error}")
     if inputs is not None:
-        details = {**details, "inputs_sha256": inputs, "outputs": [str(p) for p in outputs or []]}
+        details = stamped(details, inputs, outputs or [])
     _record(directory, step, code, time.monotonic() - t0, error, details, started=started)
     return _status(code)
 
 
 def _record(
     directory: Path, step: str, code: int, took: float, error: str | None, details: dict[str, Any],
-    *, started: str | None = None, status: str | None = None,
+    *, started: str | None = None, status: record.Status | None = None,
 ) -> None:
     record.write(directory, record.finished(step, code, took, error=error, details=details,
                                             started_at=started, status=status))
 
 
-def _status(code: int) -> tuple[str, int]:
-    return ("ok" if code == 0 else "failed"), code
+def _status(code: int) -> tuple[record.Status, int]:
+    return ("success" if code == 0 else "failed"), code
 
 
 def _tail(text: str) -> str | None:

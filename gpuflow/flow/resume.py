@@ -6,17 +6,17 @@ recorded, and every output it recorded still exists. Everything else is redone.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gpuflow.core import record
+from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.fsutil import atomic_write_text, sha256_file
-
-INPUTS_KEY = "inputs_sha256"
-OUTPUTS_KEY = "outputs"
 
 
 def digest(*parts: Any) -> str:
@@ -40,7 +40,7 @@ class StepCache:
         if not self.enabled:
             return False
         rec = record.read(self.artifact_dir, step)
-        recorded = rec.details.get(INPUTS_KEY) if rec is not None else None
+        recorded = rec.view(record.ResumeDetails).inputs_sha256 if rec is not None else None
         if recorded is None and rec is not None:
             recorded = self._intent(step).read_text(encoding="utf-8") if self._intent(step).is_file() else None
         return (
@@ -52,16 +52,21 @@ class StepCache:
         """Note the inputs before a step CLI runs, and drop its old record: a
         run that dies after the CLI recorded success but before `stamp` still
         knows which inputs that success was for."""
-        (self.artifact_dir / record.RECORD_DIR / f"{step}.json").unlink(missing_ok=True)
+        ArtifactDir(self.artifact_dir).record(step).unlink(missing_ok=True)
         atomic_write_text(self._intent(step), inputs)
 
     def _intent(self, step: str) -> Path:
-        return self.artifact_dir / record.RECORD_DIR / f"{step}.inputs"
+        return ArtifactDir(self.artifact_dir).record_intent(step)
 
     def stamp(self, step: str, inputs: str, outputs: list[Path]) -> None:
         """Add the inputs digest and outputs to a record a step CLI wrote."""
         rec = record.read(self.artifact_dir, step)
         if rec is None:
             return
-        details = {**rec.details, INPUTS_KEY: inputs, OUTPUTS_KEY: [str(p) for p in outputs]}
-        record.write(self.artifact_dir, record.StepRecord(**{**rec.__dict__, "details": details}))
+        record.write(self.artifact_dir, dataclasses.replace(rec, details=stamped(rec.details, inputs, outputs)))
+
+
+def stamped(details: dict[str, Any], inputs: str, outputs: Sequence[Path]) -> dict[str, Any]:
+    """A step's details plus what `fresh` checks: its inputs digest and its outputs."""
+    stamp = record.ResumeDetails(inputs_sha256=inputs, outputs=tuple(str(p) for p in outputs))
+    return {**details, **dataclasses.asdict(stamp)}

@@ -29,6 +29,13 @@ class TestCounts:
         return self.passed + self.failed + self.errors + self.skipped + self.xfailed + self.xpassed
 
 
+@dataclass(frozen=True, kw_only=True)
+class TestDetails(TestCounts):
+    """What `gpuflow.test` records: pytest's counts and where its reports went
+    (read back with `StepRecord.view(TestDetails)`)."""
+
+    out_dir: str | None = None
+
 
 def parse_junit(path: Path, output: str = "") -> TestCounts:
     """Counts from pytest's JUnit XML. pytest writes an xfail as

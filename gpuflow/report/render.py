@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from gpuflow.core import tables
-from gpuflow.report.model import Summary
+from gpuflow.core import artifacts, tables
+from gpuflow.core.artifacts import ArtifactDir
+from gpuflow.report.model import RunSummary, Schedule, Summary
 
 ICON = {"success": "✅", "failed": "❌", "skipped": "⏩"}
 TEST_ROWS = (("passed", "✅ Passed"), ("failed", "❌ Failed"), ("skipped", "⏩ Skipped"),
              ("errors", "💥 Errors"), ("xfailed", "🔶 XFailed"), ("xpassed", "⚠️ XPassed"))
 # what index.html links, when it exists: (label, how to find it)
-LINKS = (("Notebook HTML", "*_output.html"), ("Pytest report", "pytest_report.html"),
-         ("Pytest output", "pytest_output.log"), ("Papermill log", "papermill.log"),
-         ("nbconvert log", "jupyter_nbconvert.log"), ("Coverage", "coverage.xml"),
-         ("JUnit XML", "pytest_results.xml"), ("summary.json", "summary.json"),
-         ("STEP_SUMMARY.md", "STEP_SUMMARY.md"))
+LINKS = (("Notebook HTML", artifacts.OUTPUT_HTML_GLOB), ("Pytest report", artifacts.PYTEST_HTML),
+         ("Pytest output", artifacts.PYTEST_LOG), ("Papermill log", artifacts.PAPERMILL_LOG),
+         ("nbconvert log", artifacts.NBCONVERT_LOG), ("Coverage", artifacts.COVERAGE_XML),
+         ("JUnit XML", artifacts.JUNIT_XML), (artifacts.SUMMARY_JSON, artifacts.SUMMARY_JSON),
+         (artifacts.STEP_SUMMARY_MD, artifacts.STEP_SUMMARY_MD))
 CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 caption{text-align:left;font-weight:bold;padding:.3em 0}.success{color:#1a7f37}.failed{color:#cf222e}
@@ -45,51 +45,76 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]
 
 def _step_rows(summary: Summary, icons: bool = True) -> list[tuple[Any, ...]]:
     # no emoji in index.html: a headless or minimal system may lack the font
-    return [(f"{ICON.get(s['status'], '')} {s['status']}" if icons else s["status"], s["name"], s["exit_code"],
-             None if s["duration_s"] is None else f"{s['duration_s']:.1f}s", s["error"]) for s in summary.steps]
+    return [(f"{ICON.get(s.status, '')} {s.status}" if icons else s.status, s.name, s.exit_code,
+             None if s.duration_s is None else f"{s.duration_s:.1f}s", s.error) for s in summary.steps]
 
 
 def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
-    nb, gpu = summary.notebook, summary.gpu or {}
-    rows = [("Cells", f"{nb.get('executed_cells', '?')} of {nb['cells']} executed" if "cells" in nb else None),
-            ("Failing cell (index from 0)", nb.get("failed_cell")), ("Notebook error", nb.get("error")),
-            ("Notebook duration", f"{nb['duration_s']:.1f}s" if nb.get("duration_s") is not None else None),
-            ("GPU", gpu.get("name") or ("none recorded" if not summary.gpu else None)),
-            ("GPU peak memory", f"{gpu['peak_memory_mib']:.0f} MiB" if gpu.get("peak_memory_mib") else None),
-            ("GPU mean utilisation", f"{gpu['mean_utilization_pct']}%"
-             if gpu.get("mean_utilization_pct") is not None else None)]
+    nb, gpu = summary.notebook, summary.gpu
+    executed = "?" if nb is None or nb.executed_cells is None else nb.executed_cells
+    rows: list[tuple[str, Any]] = []
+    if nb is not None:
+        rows += [("Cells", f"{executed} of {nb.cells} executed" if nb.cells is not None else None),
+                 ("Failing cell (index from 0)", nb.failed_cell), ("Notebook error", nb.error),
+                 ("Notebook duration", f"{nb.duration_s:.1f}s" if nb.duration_s is not None else None)]
+    if gpu is None:
+        rows.append(("GPU", "none recorded"))
+    else:
+        rows += [("GPU", gpu.name),
+                 ("GPU peak memory", f"{gpu.peak_memory_mib:.0f} MiB" if gpu.peak_memory_mib else None),
+                 ("GPU mean utilisation", f"{gpu.mean_utilization_pct}%"
+                  if gpu.mean_utilization_pct is not None else None)]
     return [(k, v) for k, v in rows if v is not None]
 
 
 def markdown(summary: Summary) -> str:
     lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
     lines += ["### Steps", *_md_table(("Status", "Step", "Exit", "Duration", "Error"), _step_rows(summary)), ""]
-    if summary.tests and "passed" in summary.tests:
+    counts = summary.counts
+    if counts is not None:
         lines += ["### Tests", *_md_table(("Metric", "Count"),
-                                          [(label, summary.tests[k]) for k, label in TEST_ROWS]), ""]
-        lines += [f"- ❌ `{t}`" for t in summary.tests["failing"]] + ([""] if summary.tests["failing"] else [])
+                                          [(label, getattr(counts, k)) for k, label in TEST_ROWS]), ""]
+        lines += [f"- ❌ `{t}`" for t in counts.failing] + ([""] if counts.failing else [])
     else:
-        lines += ["### Tests", "⚠️ No JUnit XML (pytest_results.xml): the tests did not run or wrote no results.", ""]
+        lines += ["### Tests", f"⚠️ No JUnit XML ({artifacts.JUNIT_XML}): the tests did not run or wrote no results.", ""]
     facts = _fact_rows(summary)
     if facts:
         lines += ["### Notebook and GPU", *_md_table(("Fact", "Value"), facts), ""]
     lines += ["### Artifacts", *_md_table(("File", "Size"),
-                                          [(f"`{a['path']}`", _size(a["bytes"])) for a in summary.artifacts]), ""]
+                                          [(f"`{a.path}`", _size(a.bytes)) for a in summary.artifacts]), ""]
     if summary.missing:
         lines += ["### ⚠️ Missing", *[f"- `{m}`" for m in summary.missing], ""]
     return "\n".join(lines)
 
 
-def run_markdown(summary: Summary, parts: Sequence[tuple[str, Summary]]) -> str:
+def run_markdown(summary: RunSummary) -> str:
     lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
-    rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *_test_cells(s)) for name, s in parts]
+    rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *_test_cells(s)) for name, s in summary.notebooks]
     lines += _md_table(("Status", "Notebook", "Exit", "Passed", "Failed"), rows)
-    return "\n".join(lines + [""] + [f"- ⚠️ {m}" for m in summary.missing])
+    text = "\n".join(lines + [""] + [f"- ⚠️ {m}" for m in summary.missing])
+    if summary.schedule is None:
+        return text
+    schedule = [_makespan(summary.schedule), "", *_md_table(SLOT_HEADER, _slot_rows(summary.schedule))]
+    return text.rstrip("\n") + "\n\n" + "\n".join(schedule) + "\n"
+
+
+SLOT_HEADER = ("Slot", "Notebooks", "Busy", "GPU utilisation")
+
+
+def _makespan(schedule: Schedule) -> str:
+    return f"Makespan {schedule.makespan_s:.1f}s over {len(schedule.slots)} slot(s)."
+
+
+def _slot_rows(schedule: Schedule) -> list[tuple[str, str, str, str]]:
+    return [(name, ", ".join(slot.notebooks) or "-", f"{slot.busy_fraction:.0%}",
+             "-" if slot.gpu_utilisation_mean is None else f"{slot.gpu_utilisation_mean:.0f}%")
+            for name, slot in schedule.slots.items()]
 
 
 def _test_cells(s: Summary) -> tuple[Any, Any]:
-    tests = s.tests or {}
-    return tests.get("passed"), None if not tests else tests.get("failed", 0) + tests.get("errors", 0)
+    if s.counts is None:
+        return None, None if s.tests is None else 0  # unreadable JUnit XML: nothing passed
+    return s.counts.passed, s.counts.failed + s.counts.errors
 
 
 def memory_chart(series: Sequence[tuple[float, float]], width: int = 600, height: int = 160) -> str:
@@ -115,10 +140,10 @@ def _document(title: str, body: Sequence[str]) -> str:
             + "".join(body) + "</body></html>\n")
 
 
-def _links(artifact_dir: Path) -> str:
+def _links(artifact_dir: ArtifactDir) -> str:
     items = []
     for label, pattern in LINKS:
-        found = sorted(artifact_dir.glob(pattern)) if "*" in pattern else [artifact_dir / pattern]
+        found = sorted(artifact_dir.path.glob(pattern)) if "*" in pattern else [artifact_dir.path / pattern]
         for path in found:
             if path.is_file():  # index.html is written last: summary.json is there
                 items.append(f'<li><a href="{html.escape(path.name)}">{html.escape(label)}</a></li>')
@@ -127,19 +152,20 @@ def _links(artifact_dir: Path) -> str:
     return "<h2>Files</h2><ul>" + "".join(items) + "</ul>"
 
 
-def page(summary: Summary, artifact_dir: Path) -> str:
+def page(summary: Summary, artifact_dir: ArtifactDir) -> str:
     body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>',
             tables.table(_step_rows(summary, icons=False), header=("Status", "Step", "Exit", "Duration", "Error"),
                          caption="Steps")]
-    if summary.tests and "passed" in summary.tests:
-        body.append(tables.table([(label.split(" ", 1)[1], summary.tests[k]) for k, label in TEST_ROWS],
+    counts = summary.counts
+    if counts is not None:
+        body.append(tables.table([(label.split(" ", 1)[1], getattr(counts, k)) for k, label in TEST_ROWS],
                                  header=("Metric", "Count"), caption="Tests"))
-        body += [f"<p>Failing: <code>{html.escape(t)}</code></p>" for t in summary.tests["failing"]]
+        body += [f"<p>Failing: <code>{html.escape(t)}</code></p>" for t in counts.failing]
     body.append(tables.table(_fact_rows(summary), header=("Fact", "Value"), caption="Notebook and GPU"))
-    if summary.gpu and summary.gpu.get("memory_series"):
-        body.append(memory_chart(summary.gpu["memory_series"]))
+    if summary.gpu and summary.gpu.memory_series:
+        body.append(memory_chart(summary.gpu.memory_series))
     body.append(_links(artifact_dir))
-    body.append(tables.table([(a["path"], _size(a["bytes"]), a["sha256"][:12]) for a in summary.artifacts],
+    body.append(tables.table([(a.path, _size(a.bytes), a.sha256[:12]) for a in summary.artifacts],
                              header=("File", "Size", "sha256"), caption="Artifacts"))
     if summary.missing:
         body.append("<h2>Missing</h2><ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in summary.missing)
@@ -147,11 +173,15 @@ def page(summary: Summary, artifact_dir: Path) -> str:
     return _document(summary.title, body)
 
 
-def run_page(summary: Summary, parts: Sequence[tuple[str, Summary]]) -> str:
+def run_page(summary: RunSummary) -> str:
     rows = "".join(
-        f'<tr><td class="{s.status}">{s.status}</td><td><a href="{html.escape(name)}/index.html">'
+        f'<tr><td class="{s.status}">{s.status}</td><td><a href="{html.escape(name)}/{artifacts.INDEX_HTML}">'
         f"{html.escape(name)}</a></td><td>{s.exit_code}</td>"
-        + "".join(f"<td>{tables.cell(v)}</td>" for v in _test_cells(s)) + "</tr>" for name, s in parts)
+        + "".join(f"<td>{tables.cell(v)}</td>" for v in _test_cells(s)) + "</tr>" for name, s in summary.notebooks)
     table = ("<table><caption>Notebooks</caption><tr><th>Status</th><th>Notebook</th><th>Exit</th>"
              f"<th>Passed</th><th>Failed</th></tr>{rows}</table>")
-    return _document(summary.title, [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>', table])
+    body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>', table]
+    if summary.schedule is not None:
+        body.append(tables.table(_slot_rows(summary.schedule), header=SLOT_HEADER,
+                                 caption=f"Schedule: {_makespan(summary.schedule)}"))
+    return _document(summary.title, body)

@@ -63,7 +63,7 @@ def test_many_notebooks_one_fails_others_finish(tmp_path: Path, test_repo: Path)
     assert (b["exit_code"], b["failed_step"]) == (1, "execute")
     assert "ValueError" in (b["error"] or "")
     # the failed notebook still has its HTML, its tests and its summary
-    assert b["steps"]["convert"] == "ok" and b["steps"]["test"] == "ok"
+    assert b["steps"]["convert"] == "success" and b["steps"]["test"] == "success"
     for name in ("b_output.ipynb", "b_output.html", "papermill.log", "jupyter_nbconvert.log", "coverage.xml",
                  "pytest_results.xml", "pytest_report.html", "pytest_output.log", "STEP_SUMMARY.md",
                  "summary.json", "index.html"):
@@ -96,12 +96,47 @@ def test_resume_after_a_crash_keeps_the_executed_notebook(tmp_path: Path, test_r
     again = json.loads((nb_dir / "steps" / "execute.json").read_text())
     assert again["started_at"] == executed["started_at"]
     assert run_json(run_dir)["notebooks"][0]["steps"] == {
-        "execute": "kept", "convert": "ok", "stage": "ok", "test": "ok", "summary": "ok"}
+        "execute": "kept", "convert": "success", "stage": "success", "test": "success", "summary": "success"}
     assert (nb_dir / "nb_output.html").is_file() and (nb_dir / "pytest_results.xml").is_file()
     # changed parameters are changed inputs: execute runs again
     assert main(["--resume", str(run_dir), "-p", "n", "5"]) == 0
-    assert run_json(run_dir)["notebooks"][0]["steps"]["execute"] == "ok"
+    assert run_json(run_dir)["notebooks"][0]["steps"]["execute"] == "success"
     assert "10" in (nb_dir / "nb_output.ipynb").read_text()
+
+
+def test_resume_redoes_the_tests_when_their_coverage_is_gone(tmp_path: Path, test_repo: Path) -> None:
+    repo = tmp_path / "nbs"
+    notebook(repo / "nb.ipynb", OK)
+    out = tmp_path / "out"
+    assert main([*base_args(repo, test_repo, out), "--notebooks", "nb.ipynb"]) == 0
+    run_dir = only_run(out)
+    coverage = run_dir / "nb" / "coverage.xml"
+    tested = json.loads((run_dir / "nb" / "steps" / "test.json").read_text())
+    assert str(coverage) in tested["details"]["outputs"]
+    coverage.unlink()
+    assert main(["--resume", str(run_dir)]) == 0
+    steps = run_json(run_dir)["notebooks"][0]["steps"]
+    assert steps["execute"] == "kept" and steps["test"] != "kept", steps
+    assert coverage.is_file()
+    again = json.loads((run_dir / "nb" / "steps" / "test.json").read_text())
+    assert again["started_at"] != tested["started_at"]
+
+
+def test_the_schedule_is_in_every_run_summary(tmp_path: Path, test_repo: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    gh = tmp_path / "gh.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(gh))
+    repo = tmp_path / "nbs"
+    notebook(repo / "nb.ipynb", OK)
+    out = tmp_path / "out"
+    assert main([*base_args(repo, test_repo, out), "--notebooks", "nb.ipynb"]) == 0
+    run_dir = only_run(out)
+    makespan = run_json(run_dir)["makespan_s"]
+    assert json.loads((run_dir / "summary.json").read_text())["run"]["makespan_s"] == makespan
+    for text in (gh.read_text(), (run_dir / "STEP_SUMMARY.md").read_text()):
+        assert f"Makespan {makespan:.1f}s over 1 slot(s)." in text and "| cpu0 | nb |" in text
+    assert gh.read_text().count("Makespan") == 1  # appended once, with the run's table
+    assert "<caption>Schedule: Makespan" in (run_dir / "index.html").read_text()
 
 
 def test_lite_names_and_html_template(tmp_path: Path, test_repo: Path) -> None:

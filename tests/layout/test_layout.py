@@ -112,3 +112,31 @@ def test_readme_exit_code_table_is_the_code() -> None:
     section = readme.split("## Exit codes", 1)[1].split("\n## ", 1)[0]
     documented = {int(m) for m in re.findall(r"^\| (\d+) \|", section, re.M)}
     assert documented == set(errors.EXIT_CODES)
+
+
+def _string_parts(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every string literal, and every literal piece of an f-string, but not
+    docstrings: help text may name a file, code may not."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_only_the_artifact_layout_spells_an_artifact_file_name() -> None:
+    from gpuflow.core import artifacts
+
+    # the names with a dot: "repo" or "steps" alone are words in messages and JSON keys too
+    names = {value for n in dir(artifacts) if n.isupper() and isinstance(value := getattr(artifacts, n), str)
+             and "." in value and "*" not in value}
+    spelled = []
+    for name, path in _modules().items():
+        if name == "gpuflow.core.artifacts":
+            continue
+        for line, text in _string_parts(ast.parse(path.read_text(encoding="utf-8"))):
+            # a path built from a literal: "x.json", "/x.json", "dir/x.json"
+            if text.rpartition("/")[2] in names:
+                spelled.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {text!r}")
+    assert not spelled, "spell these through gpuflow.core.artifacts:\n" + "\n".join(spelled)

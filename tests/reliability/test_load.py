@@ -44,7 +44,7 @@ def test_twenty_notebooks_four_at_a_time_leak_nothing(tmp_path: Path, test_repo:
     data = run_json(run_dir)
     assert data["exit_code"] == 0 and len(data["notebooks"]) == COUNT
     for nb in data["notebooks"]:
-        assert nb["exit_code"] == 0 and nb["steps"]["test"] == "ok", nb
+        assert nb["exit_code"] == 0 and nb["steps"]["test"] == "success", nb
         summary = json.loads((run_dir / nb["name"] / "summary.json").read_text())
         assert summary["status"] == "success", summary
         assert f"RESULT= {int(nb['name'][2:]) * 2}" in (run_dir / nb["name"] / f"{nb['name']}_output.html").read_text()

@@ -9,6 +9,8 @@ import pytest
 
 from gpuflow import convert, stage
 from gpuflow import test as testrun
+from gpuflow.core import artifacts, record
+from gpuflow.report.junit import TestDetails
 from tests.report.conftest import executed_notebook
 
 TESTS = '''
@@ -47,7 +49,7 @@ def test_counts_match_the_junit_xml(tmp_path: Path) -> None:
     assert (result.passed, result.failed, result.errors, result.skipped, result.xfailed, result.xpassed) == \
         (2, 1, 1, 1, 1, 1)
     assert sorted(result.failing) == ["test_mix::test_bad", "test_mix::test_error"]
-    for name in testrun.OUTPUTS:
+    for name in artifacts.TEST_OUTPUTS:
         assert (out / name).is_file(), name
     suite = ET.parse(out / "pytest_results.xml").getroot().find("testsuite")
     assert suite is not None
@@ -64,6 +66,11 @@ def test_cli_exit_codes_and_records(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert testrun.main([str(repo), "--marker", "single_cell", "--out-dir", str(out), "--no-install"]) == 0
     rec = json.loads((out / "steps" / "test.json").read_text())
     assert rec["details"]["passed"] == 1
+    # what the step wrote is what its typed view reads back
+    typed = record.read(out, "test")
+    assert typed is not None
+    details = typed.view(TestDetails)
+    assert (details.passed, details.failing, details.out_dir) == (1, (), str(out.resolve()))
     # no test matches the marker: pytest's 5
     assert testrun.main([str(repo), "--marker", "gpu_only", "--out-dir", str(out), "--no-install"]) == 5
     assert "collected no tests" in capsys.readouterr().err

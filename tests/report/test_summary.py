@@ -125,6 +125,20 @@ def test_missing_artifact_and_record_are_reported_not_a_crash(art: Path) -> None
     assert "Pytest report: <em>missing</em>" in (art / "index.html").read_text()
 
 
+def test_a_hand_edited_record_is_read_not_a_crash(art: Path) -> None:
+    # details of the wrong type read as absent; a status outside the vocabulary is no record at all
+    record.write(art, record.StepRecord(
+        name="execute", status="success", exit_code=0, duration_s=2.0, started_at="2026-01-01T00:00:00",
+        details={"cells": "ten", "executed_cells": True, "duration_s": "slow", "output": 7, "failed_cell": None}))
+    result = summary.write_summary(art)
+    assert result.notebook == record.ExecuteDetails(duration_s=2.0)
+    assert "Notebook duration | 2.0s" in (art / "STEP_SUMMARY.md").read_text()
+    (art / "steps" / "stage.json").write_text(json.dumps(
+        {"name": "stage", "status": "ok", "exit_code": 0, "duration_s": 1.0}))
+    result = summary.write_summary(art)
+    assert result.status == "failed" and "steps/stage.json" in result.missing
+
+
 def test_empty_dir_is_failed_not_a_crash(tmp_path: Path) -> None:
     result = summary.write_summary(tmp_path)
     assert result.status == "failed" and result.tests is None
