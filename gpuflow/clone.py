@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuflow.core import backup as backups
-from gpuflow.core import cli
 from gpuflow.core.errors import AuthError, CloneError, ConfigError, InfraError, InputError
 from gpuflow.core.fsutil import write_results
 from gpuflow.core.log import add_secret, log, redact
 from gpuflow.core.retry import Backoff, with_retries
+from gpuflow.core.step import Step
 
 if TYPE_CHECKING:
     import git
@@ -372,7 +372,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write Tekton results commit-sha, url, backup-path, clone-status here")
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> CloneResult:
     results: dict[str, str] = {"commit-sha": "", "url": redact(strip_credentials(args.url)),
                                "backup-path": "", "clone-status": "failed"}
     try:
@@ -388,17 +388,21 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
         if args.results_dir is not None:
             write_results(args.results_dir, results)
     log.info(str(result))
-    print(result.commit)
-    return cli.Outcome(details={"url": result.url, "path": str(result.path), "commit": result.commit,
-                                "revision": result.revision, "backup_path": results["backup-path"],
-                                "attempts": result.attempts})
+    return result
+
+
+STEP = Step(
+    name="clone", description="Clone a git repo at an exact revision, with retries and backups.",
+    add_arguments=add_arguments, call=_call, stdout=lambda result: result.commit,
+    details=lambda result: {"url": result.url, "path": str(result.path), "commit": result.commit,
+                            "revision": result.revision, "backup_path": str(result.backup_path or ""),
+                            "attempts": result.attempts},
+    record_dir=lambda a: a.record_dir or a.results_dir,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.clone", "Clone a git repo at an exact revision, with retries and backups.")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.clone", p, argv, _impl, step="clone",
-                       record_dir=lambda a: a.record_dir or a.results_dir)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import artifacts, cli, errors, tables
+from gpuflow.core import artifacts, errors, tables
 from gpuflow.core.cachedir import cache_dir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
+from gpuflow.core.step import Step
 
 LOG_NAME = artifacts.NBCONVERT_LOG
 
@@ -222,15 +223,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="strip scripts and unsafe HTML from outputs (untrusted notebooks)")
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> ConvertResult:
     result = convert_notebook(
         args.notebook, args.output, template=args.template, no_input=args.no_input,
         embed_images=args.embed_images, log_path=args.log_path, sanitize_html=args.sanitize_html,
     )
     log.info(f"wrote {result}")
-    print(result.html)
-    return cli.Outcome(details={"notebook": str(result.notebook.resolve()), "html": str(result.html.resolve()),
-                                "bytes": result.bytes, "log": str(result.log.resolve() if result.log else None)})
+    return result
+
+
+def _details(result: ConvertResult) -> dict[str, Any]:
+    return {"notebook": str(result.notebook.resolve()), "html": str(result.html.resolve()),
+            "bytes": result.bytes, "log": str(result.log.resolve() if result.log else None)}
 
 
 def _record_dir(args: argparse.Namespace) -> Path:
@@ -240,10 +244,15 @@ def _record_dir(args: argparse.Namespace) -> Path:
     return Path(out) if Path(out).is_dir() else Path(out).parent
 
 
+STEP = Step(
+    name="convert", description="Convert a notebook to HTML (nbconvert, in-process).",
+    add_arguments=add_arguments, call=_call, details=_details, stdout=lambda result: result.html,
+    record_dir=_record_dir,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.convert", "Convert a notebook to HTML (nbconvert, in-process).")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.convert", p, argv, _impl, step="convert", record_dir=_record_dir)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

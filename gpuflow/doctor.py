@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, proc
+from gpuflow.core import proc
 from gpuflow.core.errors import ConfigError, NoGPUError
+from gpuflow.core.step import Step
 
 PACKAGES = ("papermill", "nbconvert", "nbclient", "ipykernel", "rmm", "rmm-cu12", "rmm-cu13",
             "cupy", "cupy-cuda12x", "cupy-cuda13x", "nvidia-ml-py", "anndata", "scanpy")
@@ -204,7 +205,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require: exit 4 without a GPU; off: skip the GPU checks")
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> DoctorReport:
     report = doctor(workspace=args.workspace, gpu=args.gpu != "off", require_gpu=args.gpu == "require")
     if args.json:
         print(json.dumps({"facts": [asdict(f) for f in report.facts], "gpu": report.gpu,
@@ -218,13 +219,18 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     problems = [f.name for f in report.facts if f.required and not f.ok]
     if problems:
         raise ConfigError(f"required: {', '.join(problems)} (see the hints above)")
-    return cli.Outcome(details={"warnings": [f.name for f in report.facts if not f.ok]})
+    return report
+
+
+STEP = Step(
+    name="doctor", description="Print the environment facts a GPU notebook step depends on.",
+    add_arguments=add_arguments, call=_call,
+    details=lambda report: {"warnings": [f.name for f in report.facts if not f.ok]},
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.doctor", "Print the environment facts a GPU notebook step depends on.")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.doctor", p, argv, _impl, step="doctor", record_dir=lambda a: a.record_dir)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gpuflow.core import cli, download_cache
+from gpuflow.core import download_cache
 from gpuflow.core.errors import AuthError, ChecksumError, ConfigError, DownloadError, InfraError, InputError
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import add_secret, log, redact
 from gpuflow.core.progress import Progress
 from gpuflow.core.retry import Backoff, with_retries
+from gpuflow.core.step import Step
 
 CHUNK = 1 << 20
 
@@ -353,20 +354,24 @@ def _parse_headers(raw: Sequence[str]) -> dict[str, str]:
     return headers
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> DownloadResult:
     result = download(args.url, args.dest, sha256=args.sha256, md5=args.md5, size=args.size,
                       retries=args.retries, timeout=args.timeout, cache_dir=args.cache_dir,
                       headers=_parse_headers(args.header), token_env=args.token_env, backoff=args.backoff)
     log.info(str(result))
-    print(result.path)
-    return cli.Outcome(details={"path": str(result.path), "bytes": result.bytes, "sha256": result.sha256,
-                                "source": result.source, "bytes_transferred": result.bytes_transferred})
+    return result
+
+
+STEP = Step(
+    name="download", description="Download a dataset with resume, checksum and cache.",
+    add_arguments=add_arguments, call=_call, stdout=lambda result: result.path,
+    details=lambda result: {"path": str(result.path), "bytes": result.bytes, "sha256": result.sha256,
+                            "source": result.source, "bytes_transferred": result.bytes_transferred},
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.download", "Download a dataset with resume, checksum and cache.")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.download", p, argv, _impl, step="download", record_dir=lambda a: a.record_dir)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors
+from gpuflow.core import errors
 from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.log import log
+from gpuflow.core.step import Step
 from gpuflow.gpu import guard as _guard
 from gpuflow.notebook import engine, prepare
 from gpuflow.notebook import kernel as _kernel
@@ -70,7 +71,7 @@ def execute_notebook(
 
     Raises CellError, CellTimeout, NotebookTimeout, KernelDied, Terminated or
     InputError after saving the output notebook; the exception carries
-    `.result` (an ExecuteResult) and `.details` (for the step record).
+    `.result` (the ExecuteResult) and `.details` (for the step record).
     """
     t0 = time.monotonic()
     input_path, output_path = Path(input_path), Path(output_path)
@@ -87,7 +88,9 @@ def execute_notebook(
     origin = {cell.get("id"): i for i, cell in enumerate(nb.cells)}
     opts = guard or _guard.GuardOptions()
     facts = _guard.preflight(opts) if not prepare_only else {}
-    report = prepare.prepare(nb, guard_source=_guard.setup_cell_source(opts, facts), report_mode=report_mode)
+    cell_stats = _guard.cell_stats_path(opts, facts)
+    report = prepare.prepare(nb, guard_source=_guard.setup_cell_source(opts, facts, cell_stats),
+                             report_mode=report_mode)
     params = dict(parameters or {})
     nb = _papermill_metadata(nb, params, input_path, output_path, name, report_mode)
     base = ExecuteResult(
@@ -111,17 +114,17 @@ def execute_notebook(
         try:  # whatever happens, what ran is saved
             nb_man.notebook_start()
             try:
-                with _guard.telemetry(opts, ArtifactDir(output_path.parent).telemetry):
+                with _guard.telemetry(opts, ArtifactDir(output_path.parent).telemetry, cell_stats):
                     stop = engine.run_cells(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger)
             except errors.Stopped as exc:  # a signal before the kernel was up
-                stop = engine.Stop(type(exc), str(exc), None, str(exc).replace("{", "(").replace("}", ")"))
+                stop = engine.Stop(exc=type(exc), what=str(exc), cell=None, banner=str(exc))
             finally:
                 nb_man.cleanup_pbar()
                 nb_man.notebook_complete()
                 _guard.finalize_notebook(nb)
             stop = stop or _cell_error(nb)
             if stop is not None:
-                _add_banner(nb, stop)
+                stop = _add_banner(nb, stop)
         finally:
             engine.write_notebook(nb, output_path)
         result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
@@ -133,14 +136,9 @@ def execute_notebook(
 def _raise_for(stop: engine.Stop, nb: Any, origin: dict[Any, int], result: ExecuteResult) -> None:
     """Raise the stop's exception with its one-line message and the result."""
     failed = _input_index(nb, stop.cell, origin)
-    where = _where(nb, stop.cell, failed)
-    what = stop.what.format(where=where) if where else stop.what.replace(" in {where}", "").replace("{where} ", "")
-    message = f"{what} (see {result.output})"
+    message = f"{stop.message(_where(nb, stop.cell, failed))} (see {result.output})"
     result = replace(result, status="failed", exit_code=stop.exc.exit_code, failed_cell=failed, error=message)
-    exc = stop.exc(message)
-    exc.result = result  # type: ignore[union-attr]
-    exc.details = result.details()  # type: ignore[union-attr]
-    raise exc
+    raise stop.exc(message, details=result.details(), result=result)
 
 
 def _check_options(cwd: Path | None, cell_timeout: float | None, timeout: float | None) -> None:
@@ -177,8 +175,8 @@ def _cell_error(nb: Any) -> engine.Stop | None:
                 continue
             if out.get("ename") == "SystemExit" and out.get("evalue") in ("", "0"):
                 continue
-            what = f"{out.get('ename')}: {_plain(out.get('evalue', ''))}".replace("{", "{{").replace("}", "}}")
-            return engine.Stop(errors.CellError, "{where} raised " + what, index, "")
+            what = f"raised {out.get('ename')}: {_plain(out.get('evalue', ''))}"
+            return engine.Stop(exc=errors.CellError, what=what, place_first=True, cell=index, banner="")
     return None
 
 
@@ -186,10 +184,11 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0] if text.strip() else ""
 
 
-def _add_banner(nb: Any, stop: engine.Stop) -> None:
+def _add_banner(nb: Any, stop: engine.Stop) -> engine.Stop:
     """papermill's error banner: a red line at the top linking to an anchor
     cell before the failing cell. Timeouts and dead kernels get the same kind
-    of banner, saying why execution stopped (papermill gives none)."""
+    of banner, saying why execution stopped (papermill gives none). Returns
+    the stop with the failing cell's index in the saved notebook."""
     import nbformat
     from papermill.execute import ERROR_ANCHOR_MSG, ERROR_MARKER_TAG, ERROR_MESSAGE_TEMPLATE, ERROR_STYLE
 
@@ -207,8 +206,7 @@ def _add_banner(nb: Any, stop: engine.Stop) -> None:
         nb.metadata.papermill["exception"] = True
         nb.cells.insert(stop.cell, _marker(nbformat, anchor, ERROR_MARKER_TAG))
     nb.cells.insert(0, _marker(nbformat, top, ERROR_MARKER_TAG))
-    if stop.cell is not None:
-        stop.cell += 2  # the index of the failing cell in the saved notebook
+    return replace(stop, cell=stop.cell + 2) if stop.cell is not None else stop
 
 
 def _marker(nbformat: Any, text: str, tag: str) -> Any:
@@ -268,8 +266,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _guard.add_arguments(p)
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
-    result = execute_notebook(
+def _call(args: argparse.Namespace) -> ExecuteResult:
+    return execute_notebook(
         args.input, args.output, parameters=parameters_from_args(args),
         kernel=args.kernel or None, cwd=args.cwd, cell_timeout=args.cell_timeout,
         timeout=args.timeout, report_mode=args.report_mode, log_path=args.log,
@@ -277,15 +275,17 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
         guard=_guard.options_from_args(args), pass_env=args.pass_env,
         prepare_only=args.prepare_only,
     )
-    print(result.output)
-    return cli.Outcome(details=result.details())
+
+
+STEP = Step(
+    name="execute", description="Execute a notebook with papermill; every failure has its exit code.",
+    add_arguments=add_arguments, call=_call, details=ExecuteResult.details, stdout=lambda result: result.output,
+    record_dir=lambda a: a.record_dir or Path(a.output).parent,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.execute", "Execute a notebook with papermill; every failure has its exit code.")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.execute", p, argv, _impl, step="execute",
-                       record_dir=lambda a: a.record_dir or Path(a.output).parent)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

@@ -16,20 +16,30 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gpuflow.core import artifacts, cli, errors, proc
+from gpuflow.core import step as harness
 from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text, contained
 from gpuflow.core.log import log, redact
+from gpuflow.core.step import Step, Verdict
 from gpuflow.flow import config as cfgmod
 from gpuflow.flow import report as run_report
-from gpuflow.flow.notebook import Flow, NotebookJob, NotebookResult, TestBase, in_process, run_notebook
+from gpuflow.flow.notebook import Flow, NotebookJob, NotebookResult, TestBase, run_notebook
 from gpuflow.flow.report import RunResult
 from gpuflow.flow.schedule import Pool, Slot, slots_for
+
+R = TypeVar("R")
+
+# The once-per-run steps, recorded under RUN_DIR/steps/; what one raises ends the run.
+PREFLIGHT = Step[dict[str, Any]](name="preflight", details=lambda facts: dict(facts))
+REPO = Step[Path](name="repo", details=lambda path: {"path": str(path)})
+DATASETS = Step[list[dict[str, Any]]](name="datasets", details=lambda got: {"datasets": got})
+TEST_ENV = Step[TestBase](name="test-env", details=lambda base: {"repo": str(base.repo), "python": base.python})
 
 
 def run_flow(
@@ -67,19 +77,18 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     error: str | None = None
     t0 = time.monotonic()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-repo")
-    # one waiting pytest per notebook in flight (see flowsteps.start_tests)
+    # one waiting pytest per notebook in flight (see flow.notebook.start_tests)
     testers = ThreadPoolExecutor(max_workers=max(1, cfg.jobs, len(cfg.gpus.split(","))),
                                  thread_name_prefix="early-tests")
     try:
-        facts = _run_level(run_dir, "preflight", lambda: _preflight(cfg))
-        repo = _run_level(run_dir, "repo", lambda: {"path": str(_notebook_repo(cfg, run_dir, resume))})
-        repo_dir = Path(repo["path"])
+        facts = _run_level(run_dir, PREFLIGHT, lambda: _preflight(cfg))
+        repo_dir = _run_level(run_dir, REPO, lambda: _notebook_repo(cfg, run_dir, resume))
         if reconfigure is not None and not cfg.repo_is_local:
             resolved = reconfigure(repo_dir)
             cfg = resolved.config
             _save_config(run_dir, resolved)
         if cfg.datasets:
-            _run_level(run_dir, "datasets", lambda: _datasets(cfg, repo_dir, run_dir))
+            _run_level(run_dir, DATASETS, lambda: _datasets(cfg, repo_dir))
         jobs = expand_notebooks(cfg, repo_dir, run_dir)
         _warm_convert()
         slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [])
@@ -105,11 +114,14 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         not_run = [job.name for i, job in enumerate(jobs) if i not in pool.results]
         if not_run:
             log.warning(f"not run ({'stopped' if stopped else '--fail-fast'}): {', '.join(not_run)}")
-    except errors.GpuflowError as exc:
-        codes.append(exc.exit_code)
-        error = cli.fail_line("gpuflow.run", exc)
     except errors.Stopped as exc:  # stopped before any notebook started
         stopped = exc
+    except Exception as exc:  # a once-per-run step failed (its record says so), or the notebooks named are wrong
+        failed = errors.failure(exc)
+        codes.append(failed.code)
+        error = cli.fail_line("gpuflow.run", failed)
+        if failed.traceback:
+            log.error(failed.traceback)
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         testers.shutdown(wait=False, cancel_futures=True)
@@ -121,24 +133,13 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     return run_report.finish_run(result, cfg)
 
 
-def _run_level(run_dir: Path, step: str, fn: Any) -> Any:
-    """A once-per-run step, recorded under RUN_DIR/steps/; its failure ends the run."""
-    box: dict[str, Any] = {}
-    failure: list[BaseException] = []
-
-    def call() -> dict[str, Any]:
-        try:
-            box["value"] = fn()
-        except errors.GpuflowError as exc:
-            failure.append(exc)
-            raise
-        value = box["value"]
-        return value if isinstance(value, dict) else {}
-
-    _, code = in_process(run_dir, step, call)
-    if code != 0:
-        raise failure[0] if failure else errors.GpuflowError(f"{step} failed")
-    return box["value"]
+def _run_level(run_dir: Path, step: Step[R], call: Callable[[], R]) -> R:
+    """A once-per-run step, recorded under RUN_DIR/steps/; what it raises
+    ends the run (a bug's traceback is logged where the run maps it)."""
+    ran = harness.run(step, run_dir, call)
+    if ran.error:
+        log.error(f"{run_dir.name}: {ran.error}")
+    return ran.result()
 
 
 def _preflight(cfg: cfgmod.FlowConfig) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def _notebook_repo(cfg: cfgmod.FlowConfig, run_dir: Path, resume: bool) -> Path:
     return Path(clone(cfg.repo, dest, revision=cfg.revision, backup=False, token_env=cfg.token_env).path)
 
 
-def _datasets(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> dict[str, Any]:
+def _datasets(cfg: cfgmod.FlowConfig, repo_dir: Path) -> list[dict[str, Any]]:
     from gpuflow.download import download
 
     got = []
@@ -171,7 +172,7 @@ def _datasets(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> dict[str
         res = download(item["url"], contained(repo_dir, item["dest"]), sha256=item.get("sha256"),
                        size=item.get("size"), cache_dir=Path(cfg.out) / ".cache", token_env=cfg.token_env)
         got.append({"dest": item["dest"], "bytes": res.bytes, "source": res.source})
-    return {"datasets": got}
+    return got
 
 
 def _fetch_test_repo(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
@@ -179,15 +180,12 @@ def _fetch_test_repo(cfg: cfgmod.FlowConfig, run_dir: Path) -> TestBase:
     from gpuflow.stage import fetch_repo
     from gpuflow.test import python_for
 
-    def prepare() -> dict[str, Any]:
+    def prepare() -> TestBase:
         base = RunDir(run_dir).test_repo
         fetch_repo(cfg.test_repo, base, token_env=cfg.token_env)
-        box["base"] = TestBase(repo=base, python=python_for(base))
-        return {"repo": str(base), "python": box["base"].python}
+        return TestBase(repo=base, python=python_for(base))
 
-    box: dict[str, TestBase] = {}
-    _run_level(run_dir, "test-env", prepare)
-    return box["base"]
+    return _run_level(run_dir, TEST_ENV, prepare)
 
 
 def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> list[NotebookJob]:
@@ -279,12 +277,12 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | 
                           saved=saved, saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> RunResult | None:
     env = os.environ
     resolved = _resolve(args, env)
     if args.print_config:
         print(redact(resolved.render()))
-        return cli.Outcome()
+        return None
     run_dir = args.resume.resolve() if args.resume else new_run_dir(Path(resolved.config.out)).resolve()
     log.info(f"run directory: {run_dir}")
     result = run_flow(resolved, run_dir=run_dir, resume=args.resume is not None,
@@ -293,16 +291,28 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
     print(f"index.html: {result.index_html or '(none)'}")
     if result.stopped is not None:
         raise result.stopped
+    return result
+
+
+def _verdict(args: argparse.Namespace, result: RunResult | None) -> Verdict:
+    if result is None:
+        return Verdict()
     failed = [n for n in result.notebooks if n.exit_code != 0]
     error = result.error or ("gpuflow.run: " + "; ".join(str(n) for n in failed) if failed else None)
-    return cli.Outcome(exit_code=result.exit_code, error=error,
-                       details={"run_dir": str(run_dir)})
+    return Verdict(exit_code=result.exit_code, error=error)
+
+
+STEP = Step[RunResult | None](
+    name="run", description="Run the whole notebook CI flow: execute, convert, stage, test, summary.",
+    add_arguments=add_arguments, call=_call, verdict=_verdict,
+    details=lambda result: {"run_dir": str(result.run_dir)} if result is not None else {},
+    # each notebook's steps and the once-per-run steps are recorded; the run is run.json
+    record_dir=lambda a: None,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.run", "Run the whole notebook CI flow: execute, convert, stage, test, summary.")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.run", p, argv, _impl, step="run", record_dir=lambda a: None)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

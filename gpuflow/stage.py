@@ -11,12 +11,13 @@ import argparse
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gpuflow.core import cli, errors, tables
+from gpuflow.core import errors, tables
 from gpuflow.core.fsutil import atomic_path, clear_contents, contained
 from gpuflow.core.log import log
+from gpuflow.core.step import Step
 
 # left in a directory we copied, so that a later run may replace it
 COPY_MARKER = ".gpuflow-copy"
@@ -108,16 +109,24 @@ def stage(
     html: Path, repo: str, dest: Path, *, input_dir: str = "input", name: str | None = None,
     revision: str | None = None, token_env: str | None = None,
 ) -> StageResult:
-    """Get the test repo (`fetch_repo`) and place the HTML in it (`place_html`)."""
+    """Get the test repo (`fetch_repo`) and place the HTML in it (`stage_into`)."""
     t0 = time.monotonic()
     if not Path(html).is_file():
         raise errors.InputError(f"{html}: no such HTML file")
     # refuse an escaping name before spending a clone on it
     contained(Path(dest) / input_dir, name if name is not None else Path(html).name)
     got = fetch_repo(repo, dest, revision=revision, token_env=token_env)
-    target = place_html(html, dest, input_dir=input_dir, name=name)
-    return StageResult(html=Path(html), repo=repo, dest=Path(dest), target=target,
-                       commit=got.commit, duration_s=round(time.monotonic() - t0, 3))
+    result = stage_into(html, got, input_dir=input_dir, name=name)
+    return replace(result, duration_s=round(time.monotonic() - t0, 3))
+
+
+def stage_into(html: Path, got: RepoResult, *, input_dir: str = "input", name: str | None = None) -> StageResult:
+    """Place the HTML in a repo `fetch_repo` already got: `gpuflow run` gets
+    each notebook's copy while the notebook executes."""
+    t0 = time.monotonic()
+    target = place_html(html, got.path, input_dir=input_dir, name=name)
+    return StageResult(html=Path(html), repo=got.source, dest=got.path, target=target, commit=got.commit,
+                       duration_s=round(time.monotonic() - t0, 3))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -131,20 +140,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-env", default=None, help="environment variable holding a token for the clone")
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> StageResult:
     result = stage(args.html, args.repo, args.dest, input_dir=args.input_dir, name=args.name,
                    revision=args.revision, token_env=args.token_env)
     log.info(f"staged {result}")
-    print(result.target)
-    return cli.Outcome(details={"target": str(result.target), "dest": str(result.dest),
-                                "commit": result.commit})
+    return result
+
+
+STEP = Step(
+    name="stage", description="Put the notebook HTML into a test repo's input folder.",
+    add_arguments=add_arguments, call=_call, stdout=lambda result: result.target,
+    details=lambda result: {"target": str(result.target), "dest": str(result.dest), "commit": result.commit},
+    record_dir=lambda a: a.record_dir or Path(a.html).parent,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.stage", "Put the notebook HTML into a test repo's input folder.")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.stage", p, argv, _impl, step="stage",
-                       record_dir=lambda a: a.record_dir or Path(a.html).parent)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import artifacts, cli, errors, fsutil, record
+from gpuflow.core import artifacts, errors, fsutil, record
 from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text, sha256_file
 from gpuflow.core.log import log
+from gpuflow.core.step import Step, Verdict
 from gpuflow.report.junit import TestCounts, parse_junit
 from gpuflow.report.model import ArtifactFile, GpuFacts, RunSummary, Schedule, StepRow, Summary, TestsUnreadable
 
@@ -277,7 +278,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --run: then copy the summaries and notebook dirs to DIR (empty: no export)")
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> Summary:
     summary: Summary
     notebooks = None if args.notebooks is None else [f"{stem}{args.suffix}" for stem in args.notebooks]
     if args.run:
@@ -291,15 +292,21 @@ def _impl(args: argparse.Namespace) -> cli.Outcome:
         export(RunDir(args.artifact_dir), Path(args.export_dir), notebook_dirs(args.artifact_dir, notebooks)[0])
     log.info(str(summary))
     print(ArtifactDir(args.artifact_dir).index_html)
-    return cli.Outcome(exit_code=summary.exit_code if args.exit_code else 0,
-                       details={"status": summary.status, "exit_code": summary.exit_code})
+    return summary
+
+
+STEP = Step(
+    name="summary", description="Write summary.json, STEP_SUMMARY.md and index.html from step records.",
+    add_arguments=add_arguments, call=_call,
+    details=lambda summary: {"status": summary.status, "exit_code": summary.exit_code},
+    # no record of its own: the summary must not summarise itself
+    record_dir=lambda a: None,
+    verdict=lambda args, summary: Verdict(exit_code=summary.exit_code if args.exit_code else 0),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.summary", "Write summary.json, STEP_SUMMARY.md and index.html from step records.")
-    add_arguments(p)
-    # no record of its own: the summary must not summarise itself
-    return cli.run_cli("gpuflow.summary", p, argv, _impl)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

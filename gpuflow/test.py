@@ -30,10 +30,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gpuflow.core import artifacts, cli, errors, proc, tables
+from gpuflow.core import artifacts, errors, proc, tables
 from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.cachedir import cache_dir
 from gpuflow.core.log import log
+from gpuflow.core.step import Step
 from gpuflow.report.junit import TestCounts, TestDetails, parse_junit
 
 PLUGINS = {"pytest_cov": "pytest-cov", "pytest_html": "pytest-html"}
@@ -257,18 +258,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--python", default=None, help="run the tests with this interpreter, as it is")
 
 
-def _impl(args: argparse.Namespace) -> cli.Outcome:
+def _call(args: argparse.Namespace) -> TestResult:
     result = run_tests(args.repo_dir, marker=args.marker, out_dir=args.out_dir, install=args.install,
                        python=args.python)
     log.info(str(result))
     result.raise_for_status()
-    return cli.Outcome(details=result.details())
+    return result
+
+
+STEP = Step(
+    name="test", description="Run a test repo's pytest with coverage, JUnit XML and an HTML report.",
+    add_arguments=add_arguments, call=_call, details=TestResult.details,
+    record_dir=lambda a: a.record_dir or a.out_dir,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.parser("gpuflow.test", "Run a test repo's pytest with coverage, JUnit XML and an HTML report.")
-    add_arguments(p)
-    return cli.run_cli("gpuflow.test", p, argv, _impl, step="test", record_dir=lambda a: a.record_dir or a.out_dir)
+    return STEP.main(argv)
 
 
 if __name__ == "__main__":

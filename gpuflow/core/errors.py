@@ -1,10 +1,15 @@
 """The one exception hierarchy of gpuflow; each class carries its exit code.
 
-`gpuflow.core.cli.run_cli` is the one place that turns these into exit codes and
-one-line messages. Nothing below a CLI's `main` calls `sys.exit`.
+`failure` is the one place that turns an exception into an exit code, a
+one-line message and the details for the step record; the step harness
+(`gpuflow.core.step`) uses it for a step's CLI and for `gpuflow run` alike.
+Nothing below a CLI's `main` calls `sys.exit`.
 """
 from __future__ import annotations
 
+import errno
+import traceback as _traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 SUCCESS = 0
@@ -14,13 +19,16 @@ INTERNAL = 70  # a bug in gpuflow itself (sysexits' EX_SOFTWARE); traceback is l
 class GpuflowError(Exception):
     """Base class: an expected failure with a one-line message.
 
-    `details` lands in the step's record (counts, paths, the failing cell)."""
+    `details` lands in the step's record (counts, paths, the failing cell);
+    `result` is the step's own result as far as it got (execute: the
+    `ExecuteResult` of the saved partial notebook), for library callers."""
 
     exit_code: int = 1
 
-    def __init__(self, *args: object, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, *args: object, details: dict[str, Any] | None = None, result: object = None) -> None:
         super().__init__(*args)
         self.details: dict[str, Any] = dict(details or {})
+        self.result: object = result
 
 
 # -- 1: the step's own work failed ------------------------------------------
@@ -108,9 +116,12 @@ class KernelDied(GpuflowError):
 class Stopped(BaseException):
     exit_code: int = 143
 
-    def __init__(self, message: str = "", *, signum: int = 15) -> None:
+    def __init__(self, message: str = "", *, signum: int = 15, details: dict[str, Any] | None = None,
+                 result: object = None) -> None:
         super().__init__(message or f"stopped by signal {signum}")
         self.signum = signum
+        self.details: dict[str, Any] = dict(details or {})
+        self.result: object = result
 
 
 class Terminated(Stopped):
@@ -141,13 +152,43 @@ EXIT_CODES: dict[int, str] = {
 _RANK = {code: i for i, code in enumerate(EXIT_CODES)}
 
 
+# A full disk or quota is the machine's fault, not a bug (EFBIG: a file-size
+# limit, as RLIMIT_FSIZE or a filesystem's largest file sets it).
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What an exception means for a step: its exit code, one line for a
+    person (without the step's name), the details for its record, and the
+    traceback, which only a bug (exit 70) carries."""
+
+    code: int
+    line: str
+    details: dict[str, Any] = field(default_factory=dict)
+    traceback: str | None = None
+
+
+def failure(exc: BaseException) -> Failure:
+    """The one mapping from an exception to a step's outcome."""
+    if isinstance(exc, (GpuflowError, Stopped)):
+        return Failure(exc.exit_code, first_line(exc), dict(exc.details))
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure(Interrupted.exit_code, first_line(exc))
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return Failure(InfraError.exit_code, f"disk full while writing: {exc}")
+    return Failure(INTERNAL, first_line(exc), traceback="".join(_traceback.format_exception(exc)))
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message, first line only; its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The exit code of an exception under gpuflow's taxonomy."""
-    if isinstance(exc, (GpuflowError, Stopped)):
-        return exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        return Interrupted.exit_code
-    return INTERNAL
+    return failure(exc).code
 
 
 def worst(codes: list[int] | tuple[int, ...]) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gpuflow.core.errors import first_line
 from gpuflow.core.log import log
 
 T = TypeVar("T")
@@ -59,14 +60,9 @@ def with_retries(
                     log.warning(f"{what}: giving up after {n} tries")
                 raise
             wait = policy.delay(n)
-            log.warning(f"{what}: try {n}/{policy.attempts} failed ({_first_line(exc)}); "
+            log.warning(f"{what}: try {n}/{policy.attempts} failed ({first_line(exc)}); "
                         f"retrying in {wait:.1f}s")
             if between is not None:
                 between(exc)
             (sleep or time.sleep)(wait)
     raise AssertionError("unreachable")  # the loop returns or raises
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,5 +1,6 @@
 """One notebook's way through `gpuflow run`: execute -> convert -> stage ->
-test, calling the same step functions as the step CLIs.
+test, calling the same step functions as the step CLIs, each through the
+same step harness (`gpuflow.core.step`): resume check, call, record, stamp.
 
 Execute runs as its own `python -m gpuflow.execute` process: one kernel per
 process keeps parallel notebooks clear of the ZMQ-context and port races that
@@ -12,21 +13,22 @@ import os
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuflow.core import artifacts, errors, proc, record
+from gpuflow.core import step as harness
 from gpuflow.core.artifacts import ArtifactDir, RunDir
-from gpuflow.core.cli import fail_line
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 from gpuflow.flow import config as cfgmod
-from gpuflow.flow.resume import StepCache, digest, stamped
+from gpuflow.flow.resume import StepCache, digest
 from gpuflow.flow.schedule import Slot
+
+if TYPE_CHECKING:
+    from gpuflow.stage import RepoResult
 
 KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
 
@@ -87,54 +89,59 @@ class NotebookResult:
 
 
 def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
-    """Every step for one notebook; reporting steps run after a failure too."""
+    """Every step for one notebook, each through the step harness; reporting
+    steps run after a failure too."""
+    from gpuflow.test import STEP as TEST
+
     t0 = time.monotonic()
     job.dir.mkdir(parents=True, exist_ok=True)
     cache = StepCache(job.dir, flow.resume)
-    steps: dict[str, record.Status] = {}
-    codes: dict[str, int] = {}
+    ran: dict[str, harness.Ran[Any]] = {}
 
-    def note(step: str, status: record.Status, code: int) -> None:
-        steps[step], codes[step] = status, code
+    def note(step: harness.Ran[Any]) -> harness.Ran[Any]:
+        ran[step.step] = step
+        if step.failure is not None:  # raised here: say so (a child process said it itself)
+            if step.failure.traceback:
+                log.error(step.failure.traceback)
+            log.error(f"{job.name}: {step.error}")
+        return step
 
     copy = flow.background.submit(_copy_test_repo, flow, job) if flow.test_base is not None else None
     early = start_tests(flow, job, copy) if copy is not None else None
     try:
-        note("execute", *_execute(flow, job, slot, cache))
+        note(_execute(flow, job, slot, cache))
         if job.output.exists() and not flow.stop.is_set():
-            note("convert", *_convert(job, cache, flow.config.sanitize_html))
-        failed = any(c != 0 for c in codes.values())
+            note(_convert(job, cache, flow.config.sanitize_html))
+        failed = any(r.exit_code != 0 for r in ran.values())
         if early is not None and copy is not None and not flow.stop.is_set():
             if failed and flow.config.skip_tests_on_failure:
-                _record(job.dir, "test", 0, 0.0, None, {"reason": "--skip-tests-on-failure"}, status="skipped")
-                note("test", "skipped", 0)
+                note(harness.skipped(TEST, job.dir, "--skip-tests-on-failure"))
             elif job.html.exists():
-                note("stage", *_stage(flow, job, copy))
-                if codes["stage"] == 0 and not flow.stop.is_set():
-                    note("test", *_test(flow, job, cache, early))
+                if note(_stage(flow, job, copy)).exit_code == 0 and not flow.stop.is_set():
+                    note(_test(flow, job, cache, early))
     finally:
         if early is not None:
             early.close("the notebook's tests are not run in this run")
     # the summaries are written once for all notebooks, by flow.report.finish_run
-    bad = [(s, c) for s, c in codes.items() if c != 0]
-    worst = errors.worst([c for _, c in bad])
-    failed_step = next((s for s, c in bad if c == worst), None)
-    rec = record.read(job.dir, failed_step) if failed_step else None
+    bad = [r for r in ran.values() if r.exit_code != 0]
+    worst = errors.worst([r.exit_code for r in bad])
+    failed_step = next((r for r in bad if r.exit_code == worst), None)
     return NotebookResult(
-        name=job.name, notebook=job.rel, slot=slot.name, steps=steps, codes=codes, exit_code=worst,
-        failed_step=failed_step, error=rec.error if rec else None, duration_s=round(time.monotonic() - t0, 3),
+        name=job.name, notebook=job.rel, slot=slot.name, steps={s: r.status for s, r in ran.items()},
+        codes={s: r.exit_code for s, r in ran.items()}, exit_code=worst,
+        failed_step=failed_step.step if failed_step else None, error=failed_step.error if failed_step else None,
+        duration_s=round(time.monotonic() - t0, 3),
     )
 
 
-def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tuple[record.Status, int]:
+def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> harness.Ran[None]:
+    from gpuflow.execute import STEP as EXECUTE
+
     cfg = flow.config
     params = cfgmod.notebook_parameters(cfg)
     timeout = cfgmod.timeout_for(cfg, job.rel, job.stem)
     inputs = digest(job.notebook, params, cfg.profile, cfg.kernel, cfg.gpu, cfg.rmm, cfg.rmm_pool_size,
                     cfg.max_cells, cfg.max_genes, cfg.seed, timeout, cfg.cell_timeout, cfg.pass_env)
-    if cache.fresh("execute", inputs, [job.output]):
-        log.info(f"{job.name}: execute unchanged since the last run, kept (--resume)")
-        return "kept", 0
     cmd = [sys.executable, "-m", "gpuflow.execute", str(job.notebook), str(job.output),
            "-y", json.dumps(params), "--kernel", cfg.kernel, "--cwd", str(job.notebook.parent),
            "--log", str(ArtifactDir(job.dir).papermill_log), "--record-dir", str(job.dir),
@@ -147,32 +154,29 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> tupl
     for name in cfg.pass_env:
         cmd += ["--pass-env", name]
     env = {**os.environ, **slot.env()}
-    for attempt in range(1, KERNEL_START_TRIES + 1):
-        cache.intend("execute", inputs)
-        t0, started = time.monotonic(), record.utc_now()
-        done = proc.call(cmd, env=env, check=False, on_line=lambda line: log.raw(f"[{job.name}] {line}"))
-        rec = record.read(job.dir, "execute")
-        if rec is None:  # the child died before it could record anything (a signal: 128 + signum)
-            died = done.returncode if done.returncode > 0 else 128 - done.returncode
-            _record(job.dir, "execute", died, time.monotonic() - t0, _tail(done.stdout), {}, started=started)
-            rec = record.read(job.dir, "execute")
-        code = rec.exit_code if rec is not None else errors.INTERNAL
-        if not _kernel_never_started(code, rec) or attempt == KERNEL_START_TRIES or flow.stop.is_set():
-            break
+
+    def spawn() -> proc.Completed:
+        return proc.call(cmd, env=env, check=False, on_line=lambda line: log.raw(f"[{job.name}] {line}"))
+
+    resume = harness.Resume(cache, inputs, [job.output])
+    attempt = 1
+    while True:
+        ran = harness.run_child(EXECUTE, job.dir, spawn, resume=resume)
+        if not _kernel_never_started(ran) or attempt == KERNEL_START_TRIES or flow.stop.is_set():
+            return ran
         log.warning(f"{job.name}: the kernel did not start (try {attempt}); starting a fresh one")
         time.sleep(attempt)
-    cache.stamp("execute", inputs, [job.output])
-    return _status(code)
+        attempt += 1
 
 
-def _kernel_never_started(code: int, rec: record.StepRecord | None) -> bool:
+def _kernel_never_started(ran: harness.Ran[None]) -> bool:
     # A kernel that dies or hangs while starting (a port taken between being
     # picked and bound) has executed nothing; a fresh process gets new ports.
-    if code not in (errors.KernelDied.exit_code, errors.INTERNAL) or rec is None:
+    if ran.exit_code not in (errors.KernelDied.exit_code, errors.INTERNAL):
         return False
     # executed_cells is 0, not absent: absent means the execute process itself
     # died mid-run, which a retry would only repeat
-    return rec.view(record.ExecuteDetails).executed_cells == 0
+    return ran.record is not None and ran.record.view(record.ExecuteDetails).executed_cells == 0
 
 
 def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
@@ -185,39 +189,32 @@ def _guard_flags(cfg: cfgmod.FlowConfig) -> list[str]:
     return flags
 
 
-def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> tuple[record.Status, int]:
+def _convert(job: NotebookJob, cache: StepCache, sanitize_html: bool) -> harness.Ran[Any]:
+    from gpuflow.convert import STEP as CONVERT
     from gpuflow.convert import convert_notebook
 
-    inputs = digest(job.output, "lab", sanitize_html)
-
-    def convert() -> dict[str, Any]:
-        res = convert_notebook(job.output, job.html, log_path=ArtifactDir(job.dir).nbconvert_log,
-                               sanitize_html=sanitize_html)
-        return {"html": str(res.html), "bytes": res.bytes}
-
-    return in_process(job.dir, "convert", convert, cache=cache, inputs=inputs, outputs=[job.html])
+    resume = harness.Resume(cache, digest(job.output, "lab", sanitize_html), [job.html])
+    return harness.run(CONVERT, job.dir, lambda: convert_notebook(
+        job.output, job.html, log_path=ArtifactDir(job.dir).nbconvert_log, sanitize_html=sanitize_html,
+    ), resume=resume)
 
 
-def _copy_test_repo(flow: Flow, job: NotebookJob) -> Path:
+def _copy_test_repo(flow: Flow, job: NotebookJob) -> RepoResult:
     """This notebook's own copy of the prepared test repo, made while it
     executes: concurrent pytest runs then share no input/ and no .coverage."""
     from gpuflow.stage import fetch_repo
 
     assert flow.test_base is not None
     dest = RunDir(flow.run_dir).notebook_test_repo(job.name)
-    fetch_repo(str(flow.test_base.result().repo), dest)
-    return dest
+    return fetch_repo(str(flow.test_base.result().repo), dest)
 
 
-def _stage(flow: Flow, job: NotebookJob, copy: Future[Path]) -> tuple[record.Status, int]:
-    from gpuflow.stage import place_html
+def _stage(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> harness.Ran[Any]:
+    from gpuflow.stage import STEP as STAGE
+    from gpuflow.stage import stage_into
 
-    def stage() -> dict[str, Any]:
-        dest = copy.result()
-        target = place_html(job.html, dest, input_dir="input", name=staged_name(flow.config, job.stem))
-        return {"repo": str(dest), "target": str(target)}
-
-    return in_process(job.dir, "stage", stage)
+    return harness.run(STAGE, job.dir, lambda: stage_into(
+        job.html, copy.result(), input_dir="input", name=staged_name(flow.config, job.stem)))
 
 
 def staged_name(cfg: cfgmod.FlowConfig, stem: str) -> str:
@@ -251,14 +248,14 @@ class EarlyTests:
             pass
 
 
-def start_tests(flow: Flow, job: NotebookJob, copy: Future[Path]) -> EarlyTests:
+def start_tests(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> EarlyTests:
     from gpuflow.test import run_tests
 
     gate, out_dir = RunDir(flow.run_dir).pytest_gate(job.name), RunDir(flow.run_dir).pytest_scratch(job.name).path
     gate.unlink(missing_ok=True)
 
     def tests() -> Any:
-        repo = copy.result()
+        repo = copy.result().path
         base = flow.test_base.result()  # type: ignore[union-attr]
         return run_tests(repo, marker=flow.config.marker, out_dir=out_dir, install=False,
                          python=base.python, gate=gate)
@@ -266,66 +263,23 @@ def start_tests(flow: Flow, job: NotebookJob, copy: Future[Path]) -> EarlyTests:
     return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests))
 
 
-def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> tuple[record.Status, int]:
+def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> harness.Ran[Any]:
+    from gpuflow.test import STEP as TEST
+    from gpuflow.test import TestResult
+
     assert flow.test_base is not None
     cfg = flow.config
     outputs = list(ArtifactDir(job.dir).test_outputs)  # coverage.xml too: a kept test step needs it
     inputs = digest(job.html, cfg.test_repo, cfg.marker, staged_name(cfg, job.stem))
 
-    def test() -> dict[str, Any]:
+    def test() -> TestResult:
         early.release("go")
-        res = early.future.result()
+        res: TestResult = early.future.result()
         for name in artifacts.TEST_OUTPUTS:  # the reports move from the scratch dir to the notebook's artifacts
             if (early.out_dir / name).exists():
                 os.replace(early.out_dir / name, job.dir / name)
+        res = replace(res, out_dir=job.dir)
         res.raise_for_status()
-        return {**res.details(), "out_dir": str(job.dir)}
+        return res
 
-    return in_process(job.dir, "test", test, cache=cache, inputs=inputs, outputs=outputs)
-
-
-def in_process(
-    directory: Path, step: str, fn: Callable[[], dict[str, Any]], *, cache: StepCache | None = None,
-    inputs: str | None = None, outputs: list[Path] | None = None,
-) -> tuple[record.Status, int]:
-    """Run a step function here, map what it raises to an exit code, record it."""
-    if cache is not None and inputs is not None and cache.fresh(step, inputs, outputs or []):
-        log.info(f"{directory.name}: {step} unchanged since the last run, kept (--resume)")
-        return "kept", 0
-    t0, started = time.monotonic(), record.utc_now()
-    details: dict[str, Any] = {}
-    error: str | None = None
-    try:
-        details = fn()
-        code = 0
-    except errors.GpuflowError as exc:
-        code = exc.exit_code
-        error = fail_line(f"gpuflow.{step}", exc)
-        details = dict(getattr(exc, "details", None) or {})
-    except Exception as exc:  # a bug in a step: record it, keep the other notebooks going
-        code, error = errors.INTERNAL, fail_line(f"gpuflow.{step}", exc)
-        log.error(traceback.format_exc())
-    if error:
-        log.error(f"{directory.name}: {error}")
-    if inputs is not None:
-        details = stamped(details, inputs, outputs or [])
-    _record(directory, step, code, time.monotonic() - t0, error, details, started=started)
-    return _status(code)
-
-
-def _record(
-    directory: Path, step: str, code: int, took: float, error: str | None, details: dict[str, Any],
-    *, started: str | None = None, status: record.Status | None = None,
-) -> None:
-    record.write(directory, record.finished(step, code, took, error=error, details=details,
-                                            started_at=started, status=status))
-
-
-def _status(code: int) -> tuple[record.Status, int]:
-    return ("success" if code == 0 else "failed"), code
-
-
-def _tail(text: str) -> str | None:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else None
-
+    return harness.run(TEST, job.dir, test, resume=harness.Resume(cache, inputs, outputs))

@@ -74,10 +74,12 @@ def finish_run(result: RunResult, cfg: cfgmod.FlowConfig) -> RunResult:
         summary.write_run_summary(run.path, title=f"gpuflow run {run.path.name} ({cfg.profile})",
                                   schedule=schedule(result, cfg))
         result = replace(_with_summary(result, "success", 0), index_html=run.index_html)
-    except (errors.GpuflowError, OSError) as exc:
-        log.error(cli.fail_line("gpuflow.summary", exc))
-        result = _with_summary(result, "failed", exc.exit_code if isinstance(exc, errors.GpuflowError)
-                               else errors.INTERNAL)
+    except Exception as exc:  # the run's own outcome stands; the summary's failure is added to it
+        failed = errors.failure(exc)
+        if failed.traceback:
+            log.error(failed.traceback)
+        log.error(cli.fail_line("gpuflow.summary", failed))
+        result = _with_summary(result, "failed", failed.code)
     data = {**asdict(schedule(result, cfg)), "notebooks": [asdict(n) for n in result.notebooks]}
     atomic_write_text(run.run_json, json.dumps(data, indent=2, default=str))
     return result

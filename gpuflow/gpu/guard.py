@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import inspect
 import tempfile
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -66,11 +65,6 @@ def options_from_args(args: argparse.Namespace) -> GuardOptions:
     )
 
 
-# The kernel's per-cell RMM rows: chosen when the cell is generated, read by
-# telemetry() of the same execute call (one thread per notebook in `gpuflow run`)
-_local = threading.local()
-
-
 def check_pool_size(text: str) -> None:
     try:
         _kernel_guard.parse_size(text, total=1 << 40)
@@ -94,14 +88,21 @@ def _embedded(module: Any, var: str) -> str:
             f"    exec(compile({src!r}, {module.__name__!r}, 'exec'), {var}.__dict__)\n")
 
 
-def setup_cell_source(opts: GuardOptions, facts: dict[str, Any]) -> str | None:
-    """Source of the cell injected as the first code cell, or None."""
+def cell_stats_path(opts: GuardOptions, facts: dict[str, Any]) -> Path | None:
+    """Where the kernel writes its per-cell RMM rows for telemetry to read,
+    or None when there is no telemetry or no GPU: one fresh file per execute
+    call, passed to `setup_cell_source` and then to `telemetry`."""
+    if not opts.telemetry or not facts.get("visible"):
+        return None
+    return Path(tempfile.gettempdir()) / f"gpuflow-cells-{uuid.uuid4().hex}.jsonl"
+
+
+def setup_cell_source(opts: GuardOptions, facts: dict[str, Any], cell_stats: Path | None = None) -> str | None:
+    """Source of the cell injected as the first code cell, or None. The
+    kernel writes per-cell RMM rows to `cell_stats` (see `cell_stats_path`)."""
     if opts.rmm == "off" and opts.gpu == "off" and not opts.lite:
         return None
-    stats = None
-    if opts.telemetry and facts.get("visible"):
-        stats = str(Path(tempfile.gettempdir()) / f"gpuflow-cells-{uuid.uuid4().hex}.jsonl")
-    _local.cell_stats = stats
+    stats = str(cell_stats) if cell_stats is not None else None
     config = {
         "policy": opts.rmm, "pool_size": opts.rmm_pool_size, "gpu_visible": facts.get("visible"),
         "reason": "; ".join(facts.get("checks", [])) if facts.get("visible") is False else None,
@@ -122,21 +123,20 @@ def setup_cell_source(opts: GuardOptions, facts: dict[str, Any]) -> str | None:
 
 
 @contextlib.contextmanager
-def telemetry(opts: GuardOptions, path: Path) -> Iterator[None]:
-    """Sample the GPU while the block runs; write `path` if there is a GPU."""
-    stats = getattr(_local, "cell_stats", None)
+def telemetry(opts: GuardOptions, path: Path, cell_stats: Path | None = None) -> Iterator[None]:
+    """Sample the GPU while the block runs; write `path` if there is a GPU,
+    with the per-cell rows the kernel wrote to `cell_stats` (then removed)."""
     if not opts.telemetry or opts.gpu == "off":
         yield
         return
     from gpuflow.gpu import telemetry as _telemetry
 
-    stats_path = Path(stats) if stats else None
     try:
-        with _telemetry.sample(path, cell_stats=stats_path):
+        with _telemetry.sample(path, cell_stats=cell_stats):
             yield
     finally:
-        if stats_path is not None:
-            stats_path.unlink(missing_ok=True)
+        if cell_stats is not None:
+            cell_stats.unlink(missing_ok=True)
 
 
 def finalize_notebook(nb: Any) -> None:

@@ -22,14 +22,29 @@ IOPUB_TIMEOUT = 30  # seconds to wait for a finished cell's last output
 SAVE_EVERY = 5.0  # seconds between progress saves: papermill saves after every cell (quadratic)
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class Stop:
-    """Why execution stopped early, and where (index in the executed notebook)."""
+    """Why execution stopped early, and where (`cell`: index in the executed
+    notebook). The one-line message is put together at the end, once the
+    place is known (`message`): "cell 3 (In [4]) timed out after 5s",
+    "kernel died in cell 3: killed by signal 9"."""
 
     exc: type[errors.GpuflowError] | type[errors.Stopped]
-    what: str
+    what: str  # what happened: "raised KeyError: 'pca'", "kernel died"
     cell: int | None
-    banner: str
+    banner: str  # the notebook's banner text; empty: papermill's own
+    place_first: bool = False  # "<place> <what>" rather than "<what> in <place>"
+    cause: str = ""  # after the place: ": killed by signal 9"
+
+    def message(self, where: str) -> str:
+        """The one line, with `where` (empty when there is no cell to name)."""
+        if not where:
+            text = self.what
+        elif self.place_first:
+            text = f"{where} {self.what}"
+        else:
+            text = f"{self.what} in {where}"
+        return f"{text}: {self.cause}" if self.cause else text
 
 
 @dataclass
@@ -119,8 +134,8 @@ def run_cells(
                     logger.warning(f"kernel {name} did not start ({exc}); retrying once")
                     continue
                 else:
-                    stop = Stop(errors.KernelDied, f"kernel {name} did not start: {exc}", None,
-                                 f"The kernel {name} did not start: {exc}")
+                    stop = Stop(exc=errors.KernelDied, what=f"kernel {name} did not start", cause=str(exc),
+                                cell=None, banner=f"The kernel {name} did not start: {exc}")
             finally:
                 if client.kc is not None:
                     client.kc.stop_channels()
@@ -136,21 +151,22 @@ def _timeout_stop(state: State, timeout: float | None, cell_timeout: float | Non
                   between_cells: bool = False) -> Stop:
     if between_cells or state.limit == "notebook":
         what = f"notebook timed out after {timeout:g}s"
-        return Stop(errors.NotebookTimeout, what + " in {where}", state.current,
-                     f"the {what} (--timeout); the kernel was interrupted and shut down")
+        return Stop(exc=errors.NotebookTimeout, what=what, cell=state.current,
+                    banner=f"the {what} (--timeout); the kernel was interrupted and shut down")
     what = f"timed out after {cell_timeout:g}s"
-    return Stop(errors.CellTimeout, "{where} " + what, state.current,
-                 f"this cell {what} (--cell-timeout); the kernel was interrupted and shut down")
+    return Stop(exc=errors.CellTimeout, what=what, place_first=True, cell=state.current,
+                banner=f"this cell {what} (--cell-timeout); the kernel was interrupted and shut down")
 
 
 def _death_stop(state: State) -> Stop:
     why = _kernel.describe_death(_kernel.exit_status(state.km))
-    return Stop(errors.KernelDied, "kernel died in {where}: " + why, state.current, f"the kernel died: {why}")
+    return Stop(exc=errors.KernelDied, what="kernel died", cause=why, cell=state.current,
+                banner=f"the kernel died: {why}")
 
 
 def _signal_stop(state: State) -> Stop:
     exc = _stopped(state.stopped_by or signal.SIGTERM)
-    return Stop(type(exc), f"{exc} in {{where}}", state.current, f"{exc}; the kernel was shut down")
+    return Stop(exc=type(exc), what=str(exc), cell=state.current, banner=f"{exc}; the kernel was shut down")
 
 
 def _stopped(signum: int) -> errors.Stopped:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuflow.core import cli, errors, fsutil, proc, record
+from gpuflow.core import errors, fsutil, proc, record
 from gpuflow.core.log import Logger, add_secret, redact
+from gpuflow.core.step import Step
 
 
 def test_exit_codes_are_unique_per_family_and_documented() -> None:
@@ -27,6 +28,25 @@ def test_exit_codes_are_unique_per_family_and_documented() -> None:
     assert errors.exit_code_for(RuntimeError("bug")) == errors.INTERNAL
 
 
+def test_one_mapping_from_exception_to_outcome() -> None:
+    import errno
+
+    bad = errors.failure(errors.InputError("x.ipynb: not found", details={"path": "x.ipynb"}))
+    assert (bad.code, bad.line, bad.details, bad.traceback) == (2, "x.ipynb: not found", {"path": "x.ipynb"}, None)
+    assert errors.failure(errors.Terminated("terminated by signal 15")).code == 143
+    assert errors.failure(KeyboardInterrupt()) == errors.Failure(130, "KeyboardInterrupt")
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):  # the machine's fault, not a bug
+        full = errors.failure(OSError(code, os.strerror(code)))
+        assert full.code == 3 and full.line.startswith("disk full while writing") and full.traceback is None
+    try:
+        raise RuntimeError("boom\nsecond line")
+    except RuntimeError as exc:
+        bug = errors.failure(exc)
+    assert (bug.code, bug.line) == (errors.INTERNAL, "boom")
+    assert bug.traceback is not None and "Traceback" in bug.traceback and "RuntimeError: boom" in bug.traceback
+    assert errors.failure(PermissionError(errno.EACCES, "denied")).code == errors.INTERNAL
+
+
 def test_worst_code_wins() -> None:
     assert errors.worst([0, 0]) == 0
     assert errors.worst([0, 1, 5]) == 1
@@ -36,9 +56,9 @@ def test_worst_code_wins() -> None:
 
 
 def _cli(impl, argv=(), tmp_path: Path | None = None) -> int:  # type: ignore[no-untyped-def]
-    p = cli.parser("gpuflow.demo", "demo")
-    p.add_argument("--out", type=Path)
-    return cli.run_cli("gpuflow.demo", p, list(argv), impl, step="demo")
+    step = Step(name="demo", description="demo", add_arguments=lambda p: p.add_argument("--out", type=Path),
+                call=impl, details=lambda result: dict(result or {}))
+    return step.main(list(argv))
 
 
 def test_expected_failure_is_one_line_without_traceback(
@@ -71,7 +91,7 @@ def test_usage_error_from_argparse_is_2_and_help_is_0(capsys: pytest.CaptureFixt
 
 
 def test_outcome_details_reach_the_record(tmp_path: Path) -> None:
-    code = _cli(lambda a: cli.Outcome(exit_code=0, details={"cells": 3}), ["--record-dir", str(tmp_path)])
+    code = _cli(lambda a: {"cells": 3}, ["--record-dir", str(tmp_path)])
     assert code == 0
     (rec,) = record.read_all(tmp_path)
     assert rec.status == "success" and rec.details == {"cells": 3}
@@ -158,10 +178,10 @@ def test_proc_timeout_kills_the_process_group() -> None:
 def test_sigterm_becomes_143_via_subprocess(tmp_path: Path) -> None:
     script = tmp_path / "step.py"
     script.write_text(
-        "import time\nfrom gpuflow.core import cli\n"
-        "def impl(a):\n    print('ready', flush=True)\n    time.sleep(30)\n    return 0\n"
-        "p = cli.parser('gpuflow.demo', 'x')\n"
-        f"raise SystemExit(cli.run_cli('gpuflow.demo', p, ['--record-dir', {str(tmp_path)!r}], impl, step='demo'))\n"
+        "import time\nfrom gpuflow.core.step import Step\n"
+        "def impl(a):\n    print('ready', flush=True)\n    time.sleep(30)\n    return {}\n"
+        "step = Step(name='demo', description='x', add_arguments=lambda p: None, call=impl, details=dict)\n"
+        f"raise SystemExit(step.main(['--record-dir', {str(tmp_path)!r}]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

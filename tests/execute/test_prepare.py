@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from gpuflow import execute
-from gpuflow.core import errors
+from gpuflow.core import cli, errors
 from gpuflow.gpu import guard
 from gpuflow.notebook import kernel, params, prepare
 from tests.execute.conftest import MakeNotebook, build_notebook, read
@@ -98,7 +98,7 @@ def test_parameters_are_read_like_papermill(tmp_path: Path) -> None:
         True, None, 3, 2.5, 1000.0, "abc", "0x10"]
     pfile = tmp_path / "p.yaml"
     pfile.write_text("a: 1\nb: from-file\n")
-    p = execute.cli.parser("t", "t")
+    p = cli.parser("t", "t")
     execute.add_arguments(p)
     args = p.parse_args(["i", "o", "-f", str(pfile), "-y", "b: from-yaml\nc: [1, 2]", "-p", "c", "False"])
     assert params.parameters_from_args(args) == {"a": 1, "b": "from-yaml", "c": False}
@@ -145,7 +145,7 @@ def test_guard_cell_is_first_code_cell_and_replaced_on_rerun(tmp_path: Path, mon
     nb = nbformat.read(src, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_markdown_cell("# title"))
     nbformat.write(nb, src)
-    monkeypatch.setattr(guard, "setup_cell_source", lambda opts, facts: "GUARD = 1")
+    monkeypatch.setattr(guard, "setup_cell_source", lambda opts, facts, cell_stats=None: "GUARD = 1")
     out = tmp_path / "o.ipynb"
     for source in (src, out):  # preparing an output notebook again must not stack guard cells
         assert execute.main([str(source), str(tmp_path / "o2.ipynb"), "--prepare-only"]) == 0

@@ -41,6 +41,22 @@ def test_sampler_writes_summary_and_cell_rows(tmp_path: Path, fake_nvml: None) -
     assert data["cells"] == [{"cell": 1, "peak_bytes": 1024, "total_bytes": 2048}]
 
 
+def test_the_cell_stats_path_goes_from_the_setup_cell_to_telemetry(tmp_path: Path, fake_nvml: None) -> None:
+    opts = guard.GuardOptions()
+    assert guard.cell_stats_path(opts, {"visible": False}) is None
+    assert guard.cell_stats_path(guard.GuardOptions(telemetry=False), {"visible": True}) is None
+    cells = guard.cell_stats_path(opts, {"visible": True})
+    assert cells is not None and cells != guard.cell_stats_path(opts, {"visible": True})  # one per execute call
+    src = guard.setup_cell_source(opts, {"visible": True}, cells)
+    assert src is not None and f"'cell_stats': {str(cells)!r}" in src
+    cells.write_text('{"cell": 2, "peak_bytes": 10, "total_bytes": 20}\n')  # as the kernel would
+    out = tmp_path / "telemetry.json"
+    with guard.telemetry(opts, out, cells):
+        time.sleep(0.05)
+    assert json.loads(out.read_text())["cells"] == [{"cell": 2, "peak_bytes": 10, "total_bytes": 20}]
+    assert not cells.exists()  # read once, then removed
+
+
 def test_doctor_table_and_exit_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert doctor.main(["--workspace", str(tmp_path), "--record-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
