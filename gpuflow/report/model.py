@@ -21,6 +21,12 @@ class StepRow:
     duration_s: float | None
     error: str | None  # the first line, without terminal colours
     started_at: str | None = None  # ISO 8601, UTC: places the step on the run's timeline
+    note: str | None = None  # why a skipped step was skipped ("no test repo")
+
+    @property
+    def shown(self) -> str:
+        """The status as people read it: "skipped (no test repo)"."""
+        return f"{self.status} ({self.note})" if self.note else self.status
 
 
 @dataclass(frozen=True, kw_only=True)
