@@ -94,9 +94,10 @@ def execute_notebook(
     opts = guard or _guard.GuardOptions()
     facts = _guard.preflight(opts, known=gpu_facts) if not prepare_only else {}
     cell_stats = _guard.cell_stats_path(opts, facts)
-    report = prepare.prepare(nb, guard_source=_guard.setup_cell_source(opts, facts, cell_stats),
-                             report_mode=report_mode)
-    guard_fallback = _guard.setup_cell_source(opts, facts, cell_stats, embed=True)
+    guard_source = _guard.setup_cell_source(opts, facts, cell_stats)
+    report = prepare.prepare(nb, guard_source=guard_source, report_mode=report_mode)
+    # what the engine runs instead when the kernel cannot import gpuflow
+    guard_fallback = _guard.setup_cell_source(opts, facts, cell_stats, embed=True) if guard_source else None
     params = dict(parameters or {})
     nb = _papermill_metadata(nb, params, input_path, output_path, name, report_mode)
     base = ExecuteResult(

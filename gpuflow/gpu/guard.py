@@ -140,7 +140,8 @@ def setup_cell_source(opts: GuardOptions, facts: dict[str, Any], cell_stats: Pat
         "cell_stats": stats,
     }
     head = "# gpuflow GPU guard (injected; runs first, outside the notebook's history; see docs/gpu.md)\n"
-    call = f"_gpuflow_guard.run_setup({config!r}, lite={'_gpuflow_lite' if opts.lite else 'None'})\n"
+    # the semicolon: the record is printed by the guard itself, not echoed as the cell's value
+    call = f"_gpuflow_guard.run_setup({config!r}, lite={'_gpuflow_lite' if opts.lite else 'None'});\n"
     if not embed:
         lite = "import gpuflow._embedded.lite as _gpuflow_lite\n" if opts.lite else ""
         return head + "import gpuflow._embedded.kernel_guard as _gpuflow_guard\n" + lite + call

@@ -54,4 +54,4 @@ def _no_guard_cell(monkeypatch: pytest.MonkeyPatch) -> None:
     # since the guard landed, has its own tests in tests/gpu_guard.
     from gpuflow.gpu import guard
 
-    monkeypatch.setattr(guard, "setup_cell_source", lambda opts, facts, cell_stats=None: None)
+    monkeypatch.setattr(guard, "setup_cell_source", lambda opts, facts, cell_stats=None, **kwargs: None)

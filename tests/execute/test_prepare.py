@@ -147,7 +147,7 @@ def test_guard_cell_is_first_code_cell_and_replaced_on_rerun(tmp_path: Path, mon
     nb = nbformat.read(src, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_markdown_cell("# title"))
     nbformat.write(nb, src)
-    monkeypatch.setattr(guard, "setup_cell_source", lambda opts, facts, cell_stats=None: "GUARD = 1")
+    monkeypatch.setattr(guard, "setup_cell_source", lambda opts, facts, cell_stats=None, **kwargs: "GUARD = 1")
     out = tmp_path / "o.ipynb"
     for source in (src, out):  # preparing an output notebook again must not stack guard cells
         assert execute.main([str(source), str(tmp_path / "o2.ipynb"), "--prepare-only"]) == 0
