@@ -83,6 +83,10 @@ def test_counts_equal_papermills_and_the_guard_runs_before_injected_parameters(
     assert guard_cell.execution_count is None and guard_cell.metadata["gpuflow"] == {"injected": "guard"}
     assert [n for n in _counts(got) if n is not None] == _counts(want) == [1, 2, 3]
     assert "guard first: True" in outputs_text(got)
+    # papermill put its parameters above the guard cell; the guard still ran before them
+    params = next(c for c in got.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert got.cells.index(params) < got.cells.index(guard_cell)
+    assert guard_cell.metadata["papermill"]["end_time"] <= params.metadata["papermill"]["start_time"]
     # the cell in the output notebook is a few lines: gpuflow is importable in this kernel
     assert len("".join(guard_cell.source).splitlines()) <= 4
     assert got.metadata["gpuflow"]["guard"]["applied"] is None  # no GPU visible: nothing set up
