@@ -33,6 +33,8 @@ PYTEST_SCRATCH = "pytest-out"
 RUN_JSON = "run.json"
 CONFIG_JSON = "config.json"
 LOCK = ".lock"
+# in the cache directory (gpuflow.core.cachedir): what each notebook was measured to need
+HISTORY_JSON = "notebook-history.json"
 
 # what `gpuflow test` leaves: a kept test step needs every one of them
 TEST_OUTPUTS = (COVERAGE_XML, JUNIT_XML, PYTEST_HTML, PYTEST_LOG)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow.core.errors import ConfigError
+from gpuflow.flow.select import RUN_TYPES
 from gpuflow.gpu.guard import GPU_POLICIES, RMM_POLICIES
 
 if sys.version_info >= (3, 11):
@@ -38,6 +39,7 @@ DATASET_KEYS = ("url", "dest", "sha256", "size")
 @dataclass(frozen=True, kw_only=True)
 class FlowConfig:
     notebooks: tuple[str, ...] = (BUNDLED_NOTEBOOK,)
+    exclude: tuple[str, ...] = ()
     repo: str = str(PROJECT_ROOT)
     revision: str | None = None
     token_env: str | None = None
@@ -55,6 +57,10 @@ class FlowConfig:
     timeout: float | None = None
     cell_timeout: float | None = None
     timeouts: dict[str, float] = field(default_factory=dict)
+    requires: dict[str, Any] = field(default_factory=dict)
+    run_type: str = "ci"
+    fail_on_warnings: bool = False
+    pack: bool = False
     out: str = "gpuflow-out"
     jobs: int = 1
     gpus: str = ""
@@ -90,6 +96,7 @@ class Option:
 
 OPTIONS: dict[str, Option] = {
     "notebooks": Option("list", "notebook paths or globs inside the notebook repo"),
+    "exclude": Option("list", "globs removed from `notebooks` (`*` crosses folders: '*MNMG*')"),
     "repo": Option("str", "the notebook repo: a git URL or a local path (default: this checkout)"),
     "revision": Option("str", "branch, tag or commit of a git `repo`", optional=True),
     "token_env": Option("str", "environment variable holding a token for the git repos and the datasets "
@@ -111,6 +118,13 @@ OPTIONS: dict[str, Option] = {
     "timeout": Option("float", "seconds for a whole notebook", optional=True),
     "cell_timeout": Option("float", "seconds for one cell", optional=True),
     "timeouts": Option("table", "per-notebook `timeout` overrides, keyed by path or stem", cli=False),
+    "requires": Option("table", "per-notebook requirements, keyed by path or stem: "
+                       "{gpus, gpu_memory, cuda, compute_capability}; unmet ones skip the notebook", cli=False),
+    "run_type": Option("str", "ci, nightly or weekly: a notebook whose metadata `gpuflow.run_types` "
+                       "does not list it is skipped", choices=RUN_TYPES),
+    "fail_on_warnings": Option("bool", "exit 1 when a notebook's outputs hold Python warnings"),
+    "pack": Option("bool", "share GPUs between notebooks by the memory they were measured to need "
+                   "(implies --gpus all when --gpus is not given)"),
     "out": Option("str", "runs go under OUT/<run-id>/"),
     "jobs": Option("int", "notebooks run at once (CPU); with --gpus, one per GPU"),
     "gpus": Option("str", "GPUs to spread notebooks over: '0,1' or 'all'; '' runs without pinning"),
@@ -329,6 +343,10 @@ def _build(merged: dict[str, Any]) -> FlowConfig:
     merged["timeouts"] = {str(k): float(v) for k, v in (merged["timeouts"] or {}).items()}
     merged["datasets"] = tuple(merged["datasets"] or ())
     merged["notebooks"] = tuple(merged["notebooks"] or ())
+    merged["exclude"] = tuple(merged["exclude"] or ())
+    merged["requires"] = dict(merged["requires"] or {})
+    if merged["pack"] and not merged["gpus"].strip():
+        merged["gpus"] = "all"
     merged["pass_env"] = tuple(merged["pass_env"] or ())
     return FlowConfig(**merged)
 

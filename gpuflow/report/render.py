@@ -8,6 +8,7 @@ from typing import Any
 
 from gpuflow.core import artifacts, tables
 from gpuflow.core.artifacts import ArtifactDir
+from gpuflow.report import findings as findings_mod
 from gpuflow.report.model import RunSummary, Schedule, Summary
 
 ICON = {"success": "✅", "failed": "❌", "skipped": "⏩"}
@@ -67,8 +68,38 @@ def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in rows if v is not None]
 
 
+FINDINGS_HEADER = ("Kind", "Cell", "Text")
+
+
+def _findings_line(summary: Summary) -> str | None:
+    f = summary.findings
+    if f is None:
+        return None
+    return (f"{f.warnings} warning line(s), {f.errors} error output(s), "
+            f"{f.stderr_lines} stderr line(s) in the outputs")
+
+
+def _findings_md(summary: Summary) -> list[str]:
+    line = _findings_line(summary)
+    if line is None or summary.findings is None:
+        return []
+    rows = findings_mod.rows(summary.findings)
+    return ["### Findings in the outputs", line, "", *(_md_table(FINDINGS_HEADER, rows) if rows else []), ""]
+
+
+def _findings_html(summary: Summary) -> list[str]:
+    line = _findings_line(summary)
+    if line is None or summary.findings is None:
+        return []
+    rows = findings_mod.rows(summary.findings)
+    return [tables.table(rows, header=FINDINGS_HEADER, caption=f"Findings: {line}")]
+
+
 def markdown(summary: Summary) -> str:
     lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
+    if summary.skip_reason:
+        return "\n".join([*lines, f"Skipped: {_md(summary.skip_reason)}", ""])
+    lines += _findings_md(summary)
     lines += ["### Steps", *_md_table(("Status", "Step", "Exit", "Duration", "Error"), _step_rows(summary)), ""]
     counts = summary.counts
     if counts is not None:
@@ -87,15 +118,41 @@ def markdown(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+RUN_HEADER = ("Status", "Notebook", "Exit", "Passed", "Failed", "Note")
+
+
+def _note(s: Summary) -> str | None:
+    """A notebook's line in the run table: why it was skipped, or what its outputs hold."""
+    if s.skip_reason:
+        return s.skip_reason
+    f = s.findings
+    if f is None or f.empty:
+        return None
+    return str(f)
+
+
 def run_markdown(summary: RunSummary) -> str:
     lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
-    rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *_test_cells(s)) for name, s in summary.notebooks]
-    lines += _md_table(("Status", "Notebook", "Exit", "Passed", "Failed"), rows)
+    if summary.skip_reason:
+        lines += [f"{summary.skip_reason.capitalize()}: nothing ran, nothing failed.", ""]
+    rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *_test_cells(s), _note(s))
+            for name, s in summary.notebooks]
+    lines += _md_table(RUN_HEADER, rows)
     text = "\n".join(lines + [""] + [f"- ⚠️ {m}" for m in summary.missing])
     if summary.schedule is None:
         return text
     schedule = [_makespan(summary.schedule), "", *_md_table(SLOT_HEADER, _slot_rows(summary.schedule))]
+    if summary.schedule.packed:
+        schedule += ["", *_md_table(PACK_HEADER, _pack_rows(summary.schedule))]
     return text.rstrip("\n") + "\n\n" + "\n".join(schedule) + "\n"
+
+
+PACK_HEADER = ("Packed notebook", "GPU", "Share", "Retried")
+
+
+def _pack_rows(schedule: Schedule) -> list[tuple[str, str, str, str]]:
+    return [(name, p.gpu or "-", "whole GPU" if p.share_bytes is None else _size(p.share_bytes), p.retried or "-")
+            for name, p in schedule.packed.items()]
 
 
 SLOT_HEADER = ("Slot", "Notebooks", "Busy", "GPU utilisation")
@@ -153,7 +210,7 @@ def _links(artifact_dir: ArtifactDir) -> str:
 
 
 def page(summary: Summary, artifact_dir: ArtifactDir) -> str:
-    body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>',
+    body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>', *_findings_html(summary),
             tables.table(_step_rows(summary, icons=False), header=("Status", "Step", "Exit", "Duration", "Error"),
                          caption="Steps")]
     counts = summary.counts
@@ -177,11 +234,14 @@ def run_page(summary: RunSummary) -> str:
     rows = "".join(
         f'<tr><td class="{s.status}">{s.status}</td><td><a href="{html.escape(name)}/{artifacts.INDEX_HTML}">'
         f"{html.escape(name)}</a></td><td>{s.exit_code}</td>"
-        + "".join(f"<td>{tables.cell(v)}</td>" for v in _test_cells(s)) + "</tr>" for name, s in summary.notebooks)
-    table = ("<table><caption>Notebooks</caption><tr><th>Status</th><th>Notebook</th><th>Exit</th>"
-             f"<th>Passed</th><th>Failed</th></tr>{rows}</table>")
+        + "".join(f"<td>{tables.cell(v)}</td>" for v in (*_test_cells(s), _note(s))) + "</tr>"
+        for name, s in summary.notebooks)
+    table = ("<table><caption>Notebooks</caption><tr>" + "".join(f"<th>{h}</th>" for h in RUN_HEADER)
+             + f"</tr>{rows}</table>")
     body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>', table]
     if summary.schedule is not None:
         body.append(tables.table(_slot_rows(summary.schedule), header=SLOT_HEADER,
                                  caption=f"Schedule: {_makespan(summary.schedule)}"))
+        if summary.schedule.packed:
+            body.append(tables.table(_pack_rows(summary.schedule), header=PACK_HEADER, caption="Packing"))
     return _document(summary.title, body)
