@@ -89,14 +89,18 @@ def need(item: Item) -> int | None:
     return math.ceil(base * (1 + HEADROOM))
 
 
+def _area(placed: Sequence[Placement], capacity: int) -> float:
+    """Memory-time: each notebook's duration times the fraction of the GPU it holds."""
+    return sum((p.duration_s or UNKNOWN_DURATION_S) * (1.0 if p.need_bytes is None else p.need_bytes / capacity)
+               for p in placed)
+
+
 def _estimate(placed: Sequence[Placement], capacity: int) -> float:
-    """A GPU's expected makespan: its notebooks' memory-time area over its
-    capacity, and never less than its longest notebook."""
+    """A GPU's expected makespan: its notebooks' memory-time area, and never
+    less than its longest notebook."""
     if not placed:
         return 0.0
-    area = sum((p.duration_s or UNKNOWN_DURATION_S) * (1.0 if p.need_bytes is None else p.need_bytes / capacity)
-               for p in placed)
-    return max(area, max(p.duration_s or UNKNOWN_DURATION_S for p in placed))
+    return max(_area(placed, capacity), max(p.duration_s or UNKNOWN_DURATION_S for p in placed))
 
 
 def plan(items: Sequence[Item], devices: Sequence[Device]) -> list[Group]:
@@ -109,14 +113,15 @@ def plan(items: Sequence[Item], devices: Sequence[Device]) -> list[Group]:
     order = sorted(items, key=lambda i: (-(i.duration_s if i.duration_s is not None else UNKNOWN_DURATION_S), i.name))
     for item in order:
         needed = need(item)
-        best: tuple[float, int, str] | None = None
+        best: tuple[float, float, int, str] | None = None
         for rank, dev in enumerate(devices):
             share = needed if needed is not None and needed <= dev.capacity else None
             trial = [*placed[dev.gpu], Placement(name=item.name, need_bytes=share, duration_s=item.duration_s)]
-            score = (_estimate(trial, dev.capacity or 1), rank, dev.gpu)
+            # equal makespans: the less loaded GPU, since notebooks sharing one also share its compute
+            score = (_estimate(trial, dev.capacity or 1), _area(trial, dev.capacity or 1), rank, dev.gpu)
             best = score if best is None or score < best else best
         assert best is not None
-        dev = next(d for d in devices if d.gpu == best[2])
+        dev = next(d for d in devices if d.gpu == best[3])
         share = needed if needed is not None and needed <= dev.capacity else None
         placed[dev.gpu].append(Placement(name=item.name, need_bytes=share, duration_s=item.duration_s))
     by_name = {i.name: n for n, i in enumerate(items)}
