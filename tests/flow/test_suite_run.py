@@ -142,3 +142,45 @@ def test_plan_prints_one_group_per_gpu_from_history(tmp_path: Path, capsys: pyte
     assert plan["not_packed"] == ["big.ipynb"] and plan["skipped"] == []
     assert sorted(nb for g in plan["groups"] for nb in g["notebooks"]) == [f"{n}.ipynb" for n in names]
     assert main(["--repo", str(repo), "--notebooks", "*.ipynb", "--plan-devices", "2xlots"]) == 2
+
+
+FAKE_SMI = """#!/bin/sh
+case "$1" in
+  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-fake)";;
+  --query-gpu=*) echo "0, NVIDIA H100 80GB HBM3, 81559, 580.65.06";;
+  *) echo "| NVIDIA-SMI 580.65.06   Driver Version: 580.65.06   CUDA Version: 13.0 |";;
+esac
+"""
+
+
+def test_pack_shares_a_gpu_and_retries_an_out_of_memory_notebook_alone(
+        tmp_path: Path, test_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the GPU is the one fake: an nvidia-smi that lists one H100; the kernels run on the CPU
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    repo, out = tmp_path / "nbs", tmp_path / "out"
+    marker = tmp_path / "ran-once"
+    for i in range(3):
+        notebook(repo / f"p{i}.ipynb", "import os; print('RESULT=', os.environ['CUDA_VISIBLE_DEVICES'])")
+    # out of memory the first time only, as a notebook that outgrew its measurement
+    notebook(repo / "grows.ipynb", f"import pathlib; m = pathlib.Path({str(marker)!r})",
+             "if not m.exists():\n    m.write_text('x')\n    raise MemoryError('std::bad_alloc: out_of_memory')", OK)
+    from gpuflow.flow import config as cfgmod
+
+    cfg = cfgmod.resolve(env={}, cli={"notebooks": ["*.ipynb"], "repo": str(repo)}).config
+    for name in ("p0", "p1", "grows"):  # p2 has no history: it runs alone and is measured
+        history.record(*history.key_for(cfg, repo / f"{name}.ipynb", f"{name}.ipynb"),
+                       history.Measurement(rmm_peak_bytes=1 << 30, duration_s=5.0))
+    code = main(["--repo", str(repo), "--test-repo", str(test_repo), "--out", str(out), "--notebooks", "*.ipynb",
+                 "--pack"])
+    assert code == 0
+    run_dir = only_run(out)
+    packed = json.loads((run_dir / artifacts.SUMMARY_JSON).read_text())["run"]["packed"]
+    assert packed["p2"]["share_bytes"] is None and packed["p0"]["share_bytes"] > 1 << 30
+    assert "out of memory" in packed["grows"]["retried"] and packed["p0"]["retried"] is None
+    assert "ran again alone" in (run_dir / artifacts.STEP_SUMMARY_MD).read_text()
+    stored = json.loads(history.path().read_text())["notebooks"]
+    assert {"p0.ipynb", "p1.ipynb", "p2.ipynb", "grows.ipynb"} <= set(stored)
