@@ -36,8 +36,12 @@ class Measurement:
     """One notebook's numbers. `device_peak_bytes` is NVML's memory in use on
     the device (telemetry.json `peak_memory_bytes`); it is only the
     notebook's own when it ran alone, so a packed run keeps the last
-    alone-measured value. `rmm_peak_bytes` is the most the notebook allocated
-    through RMM in one cell (telemetry.json `cells[].peak_bytes`)."""
+    alone-measured value. `rmm_peak_bytes` bounds what the notebook held
+    through RMM at once: the sum of its cells' peaks (telemetry.json
+    `cells[].peak_bytes`). Each cell's counter starts at zero, so what an
+    earlier cell kept is not in a later cell's peak; every byte live at the
+    notebook's peak is counted in the peak of the cell that allocated it, so
+    the sum is never below the notebook's peak."""
 
     device_peak_bytes: int | None = None
     rmm_peak_bytes: int | None = None
@@ -74,7 +78,7 @@ def from_telemetry(telemetry: Path, duration_s: float | None, *, packed: bool) -
     data = data if isinstance(data, dict) else {}
     cells = [c for c in data.get("cells") or [] if isinstance(c, dict)]
     rmm = [p for p in (_int(c.get("peak_bytes")) for c in cells) if p is not None]
-    return Measurement(device_peak_bytes=_int(data.get("peak_memory_bytes")), rmm_peak_bytes=max(rmm, default=None),
+    return Measurement(device_peak_bytes=_int(data.get("peak_memory_bytes")), rmm_peak_bytes=sum(rmm) if rmm else None,
                        duration_s=round(duration_s, 3) if duration_s is not None else None,
                        memory_total_bytes=_int(data.get("memory_total")), packed=packed, recorded_at=utc_now())
 

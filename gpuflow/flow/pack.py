@@ -8,9 +8,11 @@ without RMM) is capped at its share, so a notebook that outgrows its
 measurement runs out of memory itself instead of taking its neighbour's.
 
 The headroom, and why:
-- a notebook's need is its RMM peak plus `CONTEXT_BYTES` (its CUDA context
-  and whatever it allocates outside RMM), else, without RMM statistics, the
-  device memory it was seen to use when it ran alone; then `HEADROOM` more,
+- a notebook's need is the smaller of two upper bounds of what it used: its
+  RMM peak (`history.Measurement.rmm_peak_bytes`) plus `CONTEXT_BYTES` (its
+  CUDA context and whatever it allocates outside RMM), and the device memory
+  it was seen to use when it ran alone (which an RMM pool set up at half the
+  GPU inflates, and CuPy's own caching pool slightly); then `HEADROOM` more,
   for run-to-run variation (data-dependent sizes, allocator fragmentation);
 - `RESERVE_BYTES` of every GPU is never handed out (driver, fragmentation,
   NVML's rounding).
@@ -80,13 +82,9 @@ class Group:
 
 def need(item: Item) -> int | None:
     """Bytes the notebook needs on a shared GPU, headroom included; None when unmeasured."""
-    if item.rmm_peak_bytes is not None:
-        base = item.rmm_peak_bytes + CONTEXT_BYTES
-    elif item.device_peak_bytes is not None:
-        base = item.device_peak_bytes
-    else:
-        return None
-    return math.ceil(base * (1 + HEADROOM))
+    bounds = [b for b in (None if item.rmm_peak_bytes is None else item.rmm_peak_bytes + CONTEXT_BYTES,
+                          item.device_peak_bytes) if b is not None]
+    return math.ceil(min(bounds) * (1 + HEADROOM)) if bounds else None
 
 
 def _area(placed: Sequence[Placement], capacity: int) -> float:

@@ -153,7 +153,8 @@ def test_history_from_telemetry(tmp_path: Path) -> None:
     tel.write_text(json.dumps({"peak_memory_bytes": 3 * GIB, "memory_total": 80 * GIB,
                                "cells": [{"cell": 1, "peak_bytes": GIB}, {"cell": 2, "peak_bytes": 2 * GIB}]}))
     m = history.from_telemetry(tel, 7.5, packed=False)
-    assert (m.device_peak_bytes, m.rmm_peak_bytes, m.duration_s, m.memory_total_bytes) == (3 * GIB, 2 * GIB, 7.5, 80 * GIB)
+    # the cells' peaks summed: what cell 1 kept is not in cell 2's peak
+    assert (m.device_peak_bytes, m.rmm_peak_bytes, m.duration_s, m.memory_total_bytes) == (3 * GIB, 3 * GIB, 7.5, 80 * GIB)
     assert history.from_telemetry(tmp_path / "none.json", 1.0, packed=False).device_peak_bytes is None
 
 
@@ -197,6 +198,9 @@ def test_unmeasured_and_too_big_notebooks_get_a_whole_gpu() -> None:
     assert [p.need_bytes for p in pack.plan(items(1, None, None), dev)[0].notebooks] == [None]
     assert [p.need_bytes for p in pack.plan(items(1, 50.0), dev)[0].notebooks] == [None]
     assert pack.need(pack.Item(name="x", device_peak_bytes=4 * GIB)) == int(4 * GIB * (1 + pack.HEADROOM))
+    # two upper bounds of one need: the smaller one counts (an RMM pool inflates the device's)
+    both = pack.Item(name="x", device_peak_bytes=40 * GIB, rmm_peak_bytes=2 * GIB)
+    assert pack.need(both) == int(3 * GIB * (1 + pack.HEADROOM))
 
 
 def test_two_gpus_split_the_work_and_unmeasured_ones_spread() -> None:
