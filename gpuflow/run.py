@@ -18,10 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gpuflow.core import artifacts, cli, errors, proc
+from gpuflow.core import artifacts, cli, errors, fsutil, proc
 from gpuflow.core import step as harness
 from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text, contained
@@ -92,7 +93,7 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
             _save_config(run_dir, resolved)
         if cfg.datasets:
             _run_level(run_dir, DATASETS, lambda: _datasets(cfg, repo_dir))
-        slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [])
+        slots = slots_for(suite.gpus_for(cfg, facts), cfg.jobs, facts.get("devices") or [])
         jobs = suite.select_jobs(cfg, expand_notebooks(cfg, repo_dir, run_dir), facts, slots, repo_dir)
         jobs, capacity = _packed(cfg, jobs, facts, slots)
         skipped = {i: skip_notebook(job, Slot(name="-")) for i, job in enumerate(jobs) if job.skip is not None}
@@ -303,7 +304,7 @@ def plan(resolved: cfgmod.Resolved, devices_spec: str | None = None) -> dict[str
         facts = _preflight(cfg)
     with tempfile.TemporaryDirectory(prefix="gpuflow-plan-") as scratch:
         repo_dir = _notebook_repo(cfg, Path(scratch), resume=False)
-        slots = slots_for(cfg.gpus or "all", cfg.jobs, facts.get("devices") or []) if facts.get("visible") else []
+        slots = slots_for(suite.gpus_for(replace(cfg, pack=True), facts), cfg.jobs, facts.get("devices") or [])
         jobs = suite.select_jobs(cfg, expand_notebooks(cfg, repo_dir, Path(scratch)), facts, slots, repo_dir)
         jobs, groups = suite.plan_jobs(cfg, jobs, suite.devices_of(facts, slots))
         return suite.plan_json(jobs, groups)
@@ -318,6 +319,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan-devices", default=None, metavar="SPEC",
                    help="with --plan: the GPUs to plan for, e.g. 2x80GiB, on a machine without them "
                         "(default: the GPUs the preflight sees)")
+    p.add_argument("--plan-results", type=Path, default=None, metavar="DIR",
+                   help="with --plan: write the Tekton result `groups` into DIR, a JSON array with one "
+                        "string per GPU: its notebooks, comma-separated (a Pipeline matrix takes it)")
 
 
 def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | None = None) -> cfgmod.Resolved:
@@ -344,8 +348,11 @@ def _call(args: argparse.Namespace) -> RunResult | None:
     if args.print_config:
         print(redact(resolved.render()))
         return None
-    if args.plan or args.plan_devices:
-        print(json.dumps(plan(resolved, args.plan_devices), indent=2))
+    if args.plan or args.plan_devices or args.plan_results:
+        planned = plan(resolved, args.plan_devices)
+        if args.plan_results is not None:
+            fsutil.write_results(args.plan_results, {"groups": json.dumps(suite.matrix(planned))})
+        print(json.dumps(planned, indent=2))
         return None
     run_dir = args.resume.resolve() if args.resume else new_run_dir(Path(resolved.config.out)).resolve()
     log.info(f"run directory: {run_dir}")

@@ -169,6 +169,11 @@ class RunDir(ArtifactDir):
         return ArtifactDir(self.notebook_work(name) / PYTEST_SCRATCH)
 
     def notebook_dirs(self) -> list[ArtifactDir]:
-        """The per-notebook dirs that have step records, by name."""
-        found = self.path.iterdir() if self.path.is_dir() else iter(())
-        return [ArtifactDir(p) for p in sorted(found) if p.is_dir() and (p / RECORD_DIR).is_dir()]
+        """The per-notebook dirs that have step records, by name; a dir of
+        runs (Tekton's packed groups, one `gpuflow run` each) reads as one run."""
+        found = sorted(self.path.iterdir()) if self.path.is_dir() else []
+        runs = [p for p in found if p.is_dir() and (p / RUN_JSON).is_file()]  # their steps/ are run-level
+        dirs = [p for p in found if p.is_dir() and (p / RECORD_DIR).is_dir() and p not in runs]
+        for run in runs:
+            dirs += [p for p in sorted(run.iterdir()) if p.is_dir() and (p / RECORD_DIR).is_dir()]
+        return [ArtifactDir(p) for p in sorted(dirs, key=lambda p: p.name)]

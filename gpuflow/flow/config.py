@@ -345,8 +345,6 @@ def _build(merged: dict[str, Any]) -> FlowConfig:
     merged["notebooks"] = tuple(merged["notebooks"] or ())
     merged["exclude"] = tuple(merged["exclude"] or ())
     merged["requires"] = dict(merged["requires"] or {})
-    if merged["pack"] and not merged["gpus"].strip():
-        merged["gpus"] = "all"
     merged["pass_env"] = tuple(merged["pass_env"] or ())
     return FlowConfig(**merged)
 

@@ -24,6 +24,17 @@ def history_key(cfg: cfgmod.FlowConfig, job: NotebookJob) -> tuple[str, str]:
     return history.key_for(cfg, job.notebook, job.rel)
 
 
+def gpus_for(cfg: cfgmod.FlowConfig, facts: Mapping[str, Any]) -> str:
+    """`gpus`, or with --pack and no `gpus`, every GPU the preflight saw
+    (none visible: the notebooks run unpinned, one per slot, and it says so)."""
+    if not cfg.pack or cfg.gpus.strip():
+        return cfg.gpus
+    if facts.get("visible") and facts.get("devices"):
+        return "all"
+    log.warning("--pack: no GPU visible; the notebooks run unpinned, one per slot")
+    return ""
+
+
 def select_jobs(cfg: cfgmod.FlowConfig, jobs: Sequence[NotebookJob], facts: Mapping[str, Any],
                 slots: Sequence[Slot], repo_dir: Any) -> list[NotebookJob]:
     """Each job with its requirements and, when it does not run, why."""
@@ -106,6 +117,17 @@ def packed_report(jobs: Sequence[NotebookJob], results: Sequence[NotebookResult]
     retried = {r.name: r.retried for r in results if r.retried}
     return {job.name: Packed(gpu=job.gpu, share_bytes=job.share, retried=retried.get(job.name))
             for job in jobs if job.gpu is not None}
+
+
+def matrix(planned: Mapping[str, Any]) -> list[str]:
+    """The plan as a Tekton matrix: one string per GPU, its notebooks
+    comma-separated. The notebooks that are skipped or not packed (several
+    GPUs) join the first group, so that its run lists them with their reason."""
+    groups = [list(g["notebooks"]) for g in planned.get("groups") or []]
+    rest = [s["notebook"] for s in planned.get("skipped") or []] + list(planned.get("not_packed") or [])
+    if rest:
+        groups = [groups[0] + rest, *groups[1:]] if groups else [rest]
+    return [",".join(g) for g in groups]
 
 
 def plan_json(jobs: Sequence[NotebookJob], groups: Sequence[pack.Group]) -> dict[str, Any]:
