@@ -153,7 +153,8 @@ def user_facts(workspace: Path) -> list[Fact]:
              + "; set HOME to a writable directory (Jupyter writes runtime files there)"),
         Fact(name="workspace", value=f"{workspace} ({'writable' if ws_ok else 'NOT writable'})", ok=ws_ok,
              required=True, hint="" if ws_ok else (_owner_hint(workspace, uid) or "read-only")
-             + "; in Tekton set securityContext.fsGroup to the image user's GID"),
+             + f"; in Kubernetes set the pod's securityContext.fsGroup to {gid}; on NFS with root squash, "
+               f"export the share with all_squash,anonuid={uid},anongid={gid}"),
     ]
 
 

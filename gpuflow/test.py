@@ -4,7 +4,9 @@ counts.
 
 Environment, in order:
 1. `python=` given: that interpreter, as it is.
-2. `install=False`: the current interpreter.
+2. `install=False`: the current interpreter, which must already satisfy the
+   repo's requirements*.txt (`missing test dependency X; bake it into the
+   image` otherwise: the Tekton Pipeline runs without network to install).
 3. A Poetry project and `poetry` on PATH: `poetry install --no-root`, then
    the interpreter of Poetry's env (what `poetry run` would use).
 4. The current interpreter when it already satisfies the repo's
@@ -24,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -97,9 +99,10 @@ def _requirement_files(repo_dir: Path) -> list[Path]:
     return [repo_dir / n for n in REQUIREMENT_FILES if (repo_dir / n).is_file()]
 
 
-def satisfied(requirement_files: Sequence[Path]) -> bool:
-    """Whether the current interpreter already has every listed requirement.
-    Anything we cannot judge (options, URLs, editable) counts as unsatisfied."""
+def _judged(requirement_files: Sequence[Path]) -> Iterator[tuple[str, bool | None]]:
+    """Each requirement line and whether the current interpreter satisfies it;
+    None for a line that is no plain requirement (an option, URL or editable
+    install), which cannot be judged."""
     from importlib import metadata
 
     from packaging.requirements import InvalidRequirement, Requirement
@@ -112,16 +115,27 @@ def satisfied(requirement_files: Sequence[Path]) -> bool:
             try:
                 req = Requirement(line)
             except InvalidRequirement:
-                return False
+                yield line, None
+                continue
             if req.marker is not None and not req.marker.evaluate():
                 continue
             try:
                 version = metadata.version(req.name)
             except metadata.PackageNotFoundError:
-                return False
-            if not req.specifier.contains(version, prereleases=True):
-                return False
-    return True
+                yield line, False
+                continue
+            yield line, req.specifier.contains(version, prereleases=True)
+
+
+def satisfied(requirement_files: Sequence[Path]) -> bool:
+    """Whether the current interpreter already has every listed requirement.
+    Anything we cannot judge (options, URLs, editable) counts as unsatisfied."""
+    return all(ok for _, ok in _judged(requirement_files))
+
+
+def unmet(requirement_files: Sequence[Path]) -> list[str]:
+    """The listed requirements the current interpreter certainly lacks."""
+    return [line for line, ok in _judged(requirement_files) if ok is False]
 
 
 def _install(cmd: list[str], cwd: Path | None = None) -> None:
@@ -162,6 +176,10 @@ def _missing_plugins(python: str) -> list[str]:
 def python_for(repo_dir: Path, *, install: bool = True, python: str | None = None) -> str:
     """The interpreter to run `repo_dir`'s tests with, installing what is needed."""
     repo_dir = Path(repo_dir)
+    if python is None and not install:
+        missing = unmet(_requirement_files(repo_dir))
+        if missing:
+            raise errors.ConfigError(f"missing test dependency {', '.join(missing)}; bake it into the image")
     if python is not None or not install:
         return python or sys.executable
     if _is_poetry(repo_dir) and proc.which("poetry"):
