@@ -228,6 +228,9 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
                 raise errors.InputError(f"notebook pattern {pattern!r} matches nothing in {repo_dir}")
         else:
             matches = [contained(repo_dir, pattern)]
+            if not matches[0].is_file() and not pattern.endswith(".ipynb"):
+                # a stem, as Tekton's Pipelines name notebooks: `01_intro` is `01_intro.ipynb`
+                matches = [contained(repo_dir, pattern + ".ipynb")]
             if not matches[0].is_file():
                 hint = ("; the bundled example ships with a source checkout only: pass --repo and --notebooks"
                         if repo_dir == cfgmod.PROJECT_ROOT else "")

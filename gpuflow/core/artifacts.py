@@ -173,7 +173,7 @@ class RunDir(ArtifactDir):
         runs (Tekton's packed groups, one `gpuflow run` each) reads as one run."""
         found = sorted(self.path.iterdir()) if self.path.is_dir() else []
         runs = [p for p in found if p.is_dir() and (p / RUN_JSON).is_file()]  # their steps/ are run-level
-        dirs = [p for p in found if p.is_dir() and (p / RECORD_DIR).is_dir() and p not in runs]
-        for run in runs:
-            dirs += [p for p in sorted(run.iterdir()) if p.is_dir() and (p / RECORD_DIR).is_dir()]
-        return [ArtifactDir(p) for p in sorted(dirs, key=lambda p: p.name)]
+        dirs = {p.name: p for p in found if p.is_dir() and (p / RECORD_DIR).is_dir() and p not in runs}
+        for run in runs:  # run ids sort by time: a reused workspace's newest run of a notebook wins
+            dirs |= {p.name: p for p in sorted(run.iterdir()) if p.is_dir() and (p / RECORD_DIR).is_dir()}
+        return [ArtifactDir(dirs[name]) for name in sorted(dirs)]
