@@ -120,10 +120,11 @@ SHORT: dict[record.Status, str] = {"success": "ok", "failed": "failed", "skipped
 
 def status_table(result: RunResult) -> str:
     steps = ("execute", "convert", "stage", "test", "summary")
-    rows = [["notebook", *steps, "exit", "time"]]
+    rows = [["notebook", *steps, "exit", "time", "note"]]
     for n in result.notebooks:
+        note = f"skipped: {n.skip_reason}" if n.skip_reason else f"retried: {n.retried}" if n.retried else ""
         rows.append([n.name, *(SHORT[n.steps[s]] if s in n.steps else "-" for s in steps), str(n.exit_code),
-                     f"{n.duration_s:.1f}s"])
+                     f"{n.duration_s:.1f}s", note])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows]
     lines.append(f"{result}; makespan {result.makespan_s:.1f}s; exit {result.exit_code}")

@@ -64,6 +64,7 @@ def test_a_suite_lists_skips_with_reasons_and_findings(tmp_path: Path, test_repo
     assert code == 0
     printed = capsys.readouterr().out
     assert "2 of 2 notebooks passed; 4 skipped" in printed
+    assert "skipped: needs 2 GPUs; 0 visible" in printed  # the status table gives the reason
     run_dir = only_run(out)
     assert not (run_dir / "x").exists()  # excluded: not part of the run at all
     summary = json.loads((run_dir / artifacts.SUMMARY_JSON).read_text())
@@ -184,3 +185,24 @@ def test_pack_shares_a_gpu_and_retries_an_out_of_memory_notebook_alone(
     assert "ran again alone" in (run_dir / artifacts.STEP_SUMMARY_MD).read_text()
     stored = json.loads(history.path().read_text())["notebooks"]
     assert {"p0.ipynb", "p1.ipynb", "p2.ipynb", "grows.ipynb"} <= set(stored)
+
+
+def test_a_notebook_that_needs_two_gpus_holds_two_pinned(tmp_path: Path, test_repo: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    repo, out = tmp_path / "nbs", tmp_path / "out"
+    show = "import os; print('RESULT=', 'CVD=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"
+    notebook(repo / "wide.ipynb", show, meta={"requires": {"gpus": 2}})
+    notebook(repo / "narrow.ipynb", show)
+    code = main(["--repo", str(repo), "--test-repo", str(test_repo), "--out", str(out), "--notebooks", "*.ipynb",
+                 "--gpus", "0,1"])
+    assert code == 0
+    run_dir = only_run(out)
+    assert "CVD=0,1" in (run_dir / "wide" / "wide_output.ipynb").read_text()
+    run = json.loads((run_dir / artifacts.RUN_JSON).read_text())
+    assert {n["name"]: n["slot"] for n in run["notebooks"]}["wide"] == "gpu0+gpu1"
+    assert "wide" in run["slots"]["gpu0"]["notebooks"] and "wide" in run["slots"]["gpu1"]["notebooks"]
