@@ -81,8 +81,9 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     error: str | None = None
     t0 = time.monotonic()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-repo")
-    # one waiting pytest per notebook in flight (see flow.notebook.start_tests)
-    testers = ThreadPoolExecutor(max_workers=max(1, cfg.jobs, len(cfg.gpus.split(","))),
+    # one waiting pytest per notebook in flight (see flow.notebook.start_tests); packed, a GPU runs
+    # as many as fit in its memory, so the bound is generous (threads start only as they are needed)
+    testers = ThreadPoolExecutor(max_workers=max(1, cfg.jobs, len(cfg.gpus.split(",")), 64 if cfg.pack else 0),
                                  thread_name_prefix="early-tests")
     try:
         facts = _run_level(run_dir, PREFLIGHT, lambda: _preflight(cfg))

@@ -8,12 +8,14 @@ without RMM) is capped at its share, so a notebook that outgrows its
 measurement runs out of memory itself instead of taking its neighbour's.
 
 The headroom, and why:
-- a notebook's need is the smaller of two upper bounds of what it used: its
-  RMM peak (`history.Measurement.rmm_peak_bytes`) plus `CONTEXT_BYTES` (its
-  CUDA context and whatever it allocates outside RMM), and the device memory
-  it was seen to use when it ran alone (which an RMM pool set up at half the
-  GPU inflates, and CuPy's own caching pool slightly); then `HEADROOM` more,
-  for run-to-run variation (data-dependent sizes, allocator fragmentation);
+- what a notebook's memory pool must hold is bounded from above twice: by its
+  RMM peak (`history.Measurement.rmm_peak_bytes`) and by the device memory it
+  was seen to use when it ran alone (its pool plus its CUDA context; an RMM
+  pool set up at half the GPU inflates it, CuPy's caching pool slightly). The
+  smaller bound, plus `HEADROOM` for run-to-run variation (data-dependent
+  sizes, allocator fragmentation), is the pool's cap;
+- the notebook's need on the GPU is that cap plus `CONTEXT_BYTES`, its CUDA
+  context and what it allocates outside the pool;
 - `RESERVE_BYTES` of every GPU is never handed out (driver, fragmentation,
   NVML's rounding).
 A notebook without a measurement needs the whole GPU: it runs alone, and
@@ -65,9 +67,7 @@ class Placement:
     @property
     def pool_cap_bytes(self) -> int | None:
         """The notebook's RMM (or CuPy) pool cap: its need less its context."""
-        if self.need_bytes is None:
-            return None
-        return max(256, (self.need_bytes - CONTEXT_BYTES) // 256 * 256)
+        return None if self.need_bytes is None else self.need_bytes - CONTEXT_BYTES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,9 +82,11 @@ class Group:
 
 def need(item: Item) -> int | None:
     """Bytes the notebook needs on a shared GPU, headroom included; None when unmeasured."""
-    bounds = [b for b in (None if item.rmm_peak_bytes is None else item.rmm_peak_bytes + CONTEXT_BYTES,
-                          item.device_peak_bytes) if b is not None]
-    return math.ceil(min(bounds) * (1 + HEADROOM)) if bounds else None
+    bounds = [b for b in (item.rmm_peak_bytes, item.device_peak_bytes) if b is not None]
+    if not bounds:
+        return None
+    cap = math.ceil(min(bounds) * (1 + HEADROOM) / 256) * 256  # RMM takes pool sizes in 256-byte steps
+    return cap + CONTEXT_BYTES
 
 
 def _area(placed: Sequence[Placement], capacity: int) -> float:

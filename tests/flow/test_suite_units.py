@@ -187,7 +187,7 @@ def test_eight_small_notebooks_share_one_gpu_with_headroom() -> None:
     groups = pack.plan(items(8, 3.0), h100)
     assert len(groups) == 1 and len(groups[0].notebooks) == 8
     need = groups[0].notebooks[0].need_bytes
-    assert need == pack.need(items(1, 3.0)[0]) == int((3 + 1) * GIB * (1 + pack.HEADROOM))
+    assert need == pack.need(items(1, 3.0)[0]) == int(3 * GIB * (1 + pack.HEADROOM)) + pack.CONTEXT_BYTES
     assert sum(p.need_bytes or 0 for p in groups[0].notebooks) <= h100[0].capacity
     assert groups[0].notebooks[0].pool_cap_bytes == need - pack.CONTEXT_BYTES
     assert pack.plan(items(8, 3.0), h100) == groups  # deterministic
@@ -197,10 +197,13 @@ def test_unmeasured_and_too_big_notebooks_get_a_whole_gpu() -> None:
     dev = [pack.Device(gpu="0", memory_bytes=40 * GIB)]
     assert [p.need_bytes for p in pack.plan(items(1, None, None), dev)[0].notebooks] == [None]
     assert [p.need_bytes for p in pack.plan(items(1, 50.0), dev)[0].notebooks] == [None]
-    assert pack.need(pack.Item(name="x", device_peak_bytes=4 * GIB)) == int(4 * GIB * (1 + pack.HEADROOM))
-    # two upper bounds of one need: the smaller one counts (an RMM pool inflates the device's)
+    # the device peak of a notebook that ran alone bounds its pool too (context included: never too small)
+    alone = pack.Item(name="x", device_peak_bytes=int(1.5 * GIB))
+    assert pack.Placement(name="x", need_bytes=pack.need(alone), duration_s=None).pool_cap_bytes == \
+        int(1.5 * GIB * (1 + pack.HEADROOM))
+    # two upper bounds of one pool: the smaller one counts (an RMM pool inflates the device's)
     both = pack.Item(name="x", device_peak_bytes=40 * GIB, rmm_peak_bytes=2 * GIB)
-    assert pack.need(both) == int(3 * GIB * (1 + pack.HEADROOM))
+    assert pack.need(both) == int(2 * GIB * (1 + pack.HEADROOM)) + pack.CONTEXT_BYTES
 
 
 def test_two_gpus_split_the_work_and_unmeasured_ones_spread() -> None:
