@@ -124,7 +124,7 @@ OPTIONS: dict[str, Option] = {
                        "does not list it is skipped", choices=RUN_TYPES),
     "fail_on_warnings": Option("bool", "exit 1 when a notebook's outputs hold Python warnings"),
     "pack": Option("bool", "share GPUs between notebooks by the memory they were measured to need "
-                   "(implies --gpus all when --gpus is not given)"),
+                   "(without --gpus: every GPU the preflight sees)"),
     "out": Option("str", "runs go under OUT/<run-id>/"),
     "jobs": Option("int", "notebooks run at once (CPU); with --gpus, one per GPU"),
     "gpus": Option("str", "GPUs to spread notebooks over: '0,1' or 'all'; '' runs without pinning"),
