@@ -4,6 +4,7 @@ run, findings reach every summary, --plan prints the packing."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,14 +155,18 @@ esac
 """
 
 
-def test_pack_shares_a_gpu_and_retries_an_out_of_memory_notebook_alone(
-        tmp_path: Path, test_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the GPU is the one fake: an nvidia-smi that lists one H100; the kernels run on the CPU
+def fake_h100(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU is the one fake: an nvidia-smi on PATH that lists one H100; the kernels run on the CPU."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text(FAKE_SMI)
     (bin_dir / "nvidia-smi").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_pack_shares_a_gpu_and_retries_an_out_of_memory_notebook_alone(
+        tmp_path: Path, test_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_h100(tmp_path, monkeypatch)
     repo, out = tmp_path / "nbs", tmp_path / "out"
     marker = tmp_path / "ran-once"
     for i in range(3):
@@ -189,11 +194,7 @@ def test_pack_shares_a_gpu_and_retries_an_out_of_memory_notebook_alone(
 
 def test_a_notebook_that_needs_two_gpus_holds_two_pinned(tmp_path: Path, test_repo: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "nvidia-smi").write_text(FAKE_SMI)
-    (bin_dir / "nvidia-smi").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    fake_h100(tmp_path, monkeypatch)
     repo, out = tmp_path / "nbs", tmp_path / "out"
     show = "import os; print('RESULT=', 'CVD=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"
     notebook(repo / "wide.ipynb", show, meta={"requires": {"gpus": 2}})
