@@ -221,21 +221,20 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
     if not cfg.notebooks:
         raise errors.ConfigError("no notebooks: set `notebooks` or pass --notebooks")
     found: dict[Path, str] = {}
-    for pattern in cfg.notebooks:
+    for given in cfg.notebooks:
+        pattern = _inside(repo_dir, given)
         if any(ch in pattern for ch in "*?["):
             contained(repo_dir, pattern.replace("*", "x").replace("?", "x").replace("[", "x"))
             matches = sorted(p for p in repo_dir.glob(pattern) if p.is_file())
             if not matches:
-                raise errors.InputError(f"notebook pattern {pattern!r} matches nothing in {repo_dir}")
+                raise errors.InputError(f"notebook pattern {given!r} matches nothing in {repo_dir}")
         else:
-            matches = [contained(repo_dir, pattern)]
+            matches = [contained(repo_dir, _inside(repo_dir, pattern))]
             if not matches[0].is_file() and not pattern.endswith(".ipynb"):
                 # a stem, as Tekton's Pipelines name notebooks: `01_intro` is `01_intro.ipynb`
-                matches = [contained(repo_dir, pattern + ".ipynb")]
+                matches = [contained(repo_dir, _inside(repo_dir, pattern + ".ipynb"))]
             if not matches[0].is_file():
-                hint = ("; the bundled example ships with a source checkout only: pass --repo and --notebooks"
-                        if repo_dir == cfgmod.PROJECT_ROOT else "")
-                raise errors.InputError(f"notebook {pattern!r} not found in {repo_dir}{hint}")
+                raise errors.InputError(f"notebook {pattern!r} not found in {repo_dir}")
         for path in matches:
             rel = path.relative_to(repo_dir).as_posix()
             if not select.excluded(rel, cfg.exclude):
@@ -251,6 +250,18 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
         names.add(name)
         jobs.append(NotebookJob(notebook=path, rel=rel, stem=path.stem, name=name, dir=run_dir / name))
     return jobs
+
+
+def _inside(repo_dir: Path, pattern: str) -> str:
+    """A notebook path or glob relative to the repo: `./x.ipynb` and absolute
+    paths inside the repo are what a person types; outside it, one line."""
+    if not Path(pattern).is_absolute():
+        return Path(pattern).as_posix()
+    for base in (repo_dir, repo_dir.resolve()):
+        rel = os.path.relpath(pattern, base)
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    raise errors.InputError(f"notebook {pattern!r} is outside the notebook repo {repo_dir}")
 
 
 def new_run_dir(out: Path) -> Path:

@@ -38,7 +38,8 @@ def _first_line(error: str | None) -> str | None:
 
 def _steps(out: ArtifactDir, records: list[record.StepRecord]) -> tuple[list[StepRow], list[str]]:
     rows = [StepRow(name=r.name, status=r.status, exit_code=r.exit_code, duration_s=r.duration_s,
-                    error=_first_line(r.error)) for r in records]
+                    error=_first_line(r.error),
+                    note=r.view(record.SkipDetails).reason if r.status == "skipped" else None) for r in records]
     seen = {r.name for r in records}
     missing = [name for name in EXPECTED_STEPS if name not in seen]
     rows += [StepRow(name=name, status="skipped", exit_code=None, duration_s=None,
@@ -149,8 +150,7 @@ def skip_reason(records: list[record.StepRecord]) -> str | None:
     rec = next((r for r in records if r.name == "execute"), None)
     if rec is None or rec.status != "skipped":
         return None
-    reason = rec.details.get("reason")
-    return reason if isinstance(reason, str) and reason else "skipped"
+    return rec.view(record.SkipDetails).reason or "skipped"
 
 
 def _findings(out: ArtifactDir, records: list[record.StepRecord]) -> Findings | None:
@@ -256,6 +256,11 @@ def write_run_summary(run_dir: Path, *, title: str | None = None, pipeline_statu
                      error=next((r.error for r in s.steps if r.error), None)) for name, s in parts]
     missing = [f"{name}: no step records (the notebook never ran)" for name in absent]
     missing += [] if parts else ["no per-notebook dirs with step records"]
+    if schedule is not None:
+        # `gpuflow run` knows how it ended (a usage error before any notebook,
+        # a SIGTERM, a failed run-level step): its exit code is the summary's
+        code = schedule.exit_code
+        missing = [] if (schedule.error or schedule.stopped) and not parts else missing
     if pipeline_failed(pipeline_status) and code == 0:
         # a task died without leaving a record (OOM kill, eviction): the
         # pipeline's own verdict must still fail the summary

@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -219,13 +219,14 @@ def gate_env(gate: Path) -> dict[str, str]:
 
 def run_tests(
     repo_dir: Path, *, marker: str, out_dir: Path, install: bool = True, python: str | None = None,
-    gate: Path | None = None,
+    gate: Path | None = None, echo: Callable[[str], None] | None = None,
 ) -> TestResult:
     """Run the repo's pytest; the result carries the counts from its JUnit XML.
     Test failures do not raise: call `raise_for_status()` for that.
 
     With `gate`, pytest starts now and waits before collection until the file
-    `gate` says "go" (`gpuflow run` starts it while the notebook executes)."""
+    `gate` says "go" (`gpuflow run` starts it while the notebook executes).
+    `echo` gets pytest's output lines (default: the console as they come)."""
     repo_dir, out_dir = Path(repo_dir), Path(out_dir).resolve()
     if not repo_dir.is_dir():
         raise errors.InputError(f"{repo_dir}: no such test repo")
@@ -242,7 +243,7 @@ def run_tests(
     if gate is not None:
         cmd, env = [*cmd, "-p", GATE_PLUGIN], gate_env(gate)
     with open(ArtifactDir(out_dir).pytest_log, "w", encoding="utf-8") as tee:
-        done = proc.call(cmd, cwd=repo_dir, check=False, env=env, tee=tee, on_line=log.raw)
+        done = proc.call(cmd, cwd=repo_dir, check=False, env=env, tee=tee, on_line=echo or log.raw)
     counts = parse_junit(junit, done.stdout) if junit.is_file() else TestCounts()
     code = {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)
     return TestResult(**vars(counts), exit_code=code, out_dir=out_dir, python=chosen,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuflow.core import artifacts, errors, proc, record
+from gpuflow.core import artifacts, errors, proc, record, tables
 from gpuflow.core import step as harness
 from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text
@@ -32,6 +32,7 @@ from gpuflow.flow.schedule import Slot
 if TYPE_CHECKING:
     from gpuflow.stage import RepoResult
 
+NO_TEST_REPO = "no test repo"
 KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
 
 
@@ -85,6 +86,7 @@ class NotebookResult:
     notebook: str
     slot: str
     steps: dict[str, record.Status]
+    notes: dict[str, str]  # why a step was skipped
     codes: dict[str, int]
     exit_code: int
     failed_step: str | None
@@ -100,10 +102,14 @@ class NotebookResult:
             return f"{self.name}: success in {self.duration_s:.1f}s"
         return f"{self.name}: {self.failed_step} failed ({self.exit_code}): {self.error or ''}".rstrip()
 
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
+
 
 def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     """Every step for one notebook, each through the step harness; reporting
     steps run after a failure too."""
+    from gpuflow.stage import STEP as STAGE
     from gpuflow.test import STEP as TEST
 
     t0 = time.monotonic()
@@ -132,6 +138,10 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
         elif job.output.exists() and not flow.stop.is_set():
             note(_convert(job, cache, flow.config.sanitize_html))
         failed = any(r.exit_code != 0 for r in ran.values())
+        if flow.test_base is None and not flow.stop.is_set():
+            # nothing was named to judge these notebooks: the run is execute and convert
+            for step in (STAGE, TEST):
+                note(harness.skipped(step, job.dir, NO_TEST_REPO))
         if early is not None and copy is not None and not flow.stop.is_set():
             if failed and flow.config.skip_tests_on_failure:
                 note(harness.skipped(TEST, job.dir, "--skip-tests-on-failure"))
@@ -147,6 +157,8 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     failed_step = next((r for r in bad if r.exit_code == worst), None)
     return NotebookResult(
         name=job.name, notebook=job.rel, slot=slot.name, steps={s: r.status for s, r in ran.items()},
+        notes={s: r.record.view(record.SkipDetails).reason or "" for s, r in ran.items()
+               if r.status == "skipped" and r.record is not None},
         codes={s: r.exit_code for s, r in ran.items()}, exit_code=worst,
         failed_step=failed_step.step if failed_step else None, error=failed_step.error if failed_step else None,
         duration_s=round(time.monotonic() - t0, 3), retried=job.retried,
@@ -172,8 +184,8 @@ def skip_notebook(job: NotebookJob, slot: Slot) -> NotebookResult:
     job.dir.mkdir(parents=True, exist_ok=True)
     harness.skipped(EXECUTE, job.dir, job.skip)
     return NotebookResult(name=job.name, notebook=job.rel, slot=slot.name, steps={"execute": "skipped"},
-                          codes={"execute": 0}, exit_code=0, failed_step=None, error=None, duration_s=0.0,
-                          skip_reason=job.skip)
+                          notes={"execute": job.skip}, codes={"execute": 0}, exit_code=0, failed_step=None,
+                          error=None, duration_s=0.0, skip_reason=job.skip)
 
 
 def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> harness.Ran[None]:
@@ -278,8 +290,11 @@ class EarlyTests:
     gate: Path
     out_dir: Path
     future: Future[Any]
+    lines: HeldLines
 
     def release(self, verdict: str) -> None:
+        if verdict == "go":
+            self.lines.let_go()
         if not self.gate.exists():
             atomic_write_text(self.gate, verdict)
 
@@ -292,19 +307,50 @@ class EarlyTests:
             pass
 
 
+class HeldLines:
+    """A notebook's early pytest output, each line under the notebook's name
+    (parallel notebooks interleave): held until its tests are let go, and
+    dropped when they never are, so a kept or skipped test step prints
+    nothing. The reports' scratch paths read as the artifact dir they move to."""
+
+    def __init__(self, name: str, scratch: Path, final: Path) -> None:
+        self.name, self.scratch, self.final = name, str(scratch), str(final)
+        self.held: list[str] = []
+        self.live = False
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            if self.live:
+                self._print(line)
+            else:
+                self.held.append(line)
+
+    def let_go(self) -> None:
+        with self.lock:
+            self.live = True
+            for line in self.held:
+                self._print(line)
+            self.held.clear()
+
+    def _print(self, line: str) -> None:
+        log.raw(f"[{self.name}] {line.replace(self.scratch, self.final)}")
+
+
 def start_tests(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> EarlyTests:
     from gpuflow.test import run_tests
 
     gate, out_dir = RunDir(flow.run_dir).pytest_gate(job.name), RunDir(flow.run_dir).pytest_scratch(job.name).path
     gate.unlink(missing_ok=True)
+    lines = HeldLines(job.name, out_dir.resolve(), job.dir.resolve())
 
     def tests() -> Any:
         repo = copy.result().path
         base = flow.test_base.result()  # type: ignore[union-attr]
         return run_tests(repo, marker=flow.config.marker, out_dir=out_dir, install=False,
-                         python=base.python, gate=gate)
+                         python=base.python, gate=gate, echo=lines)
 
-    return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests))
+    return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests), lines=lines)
 
 
 def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> harness.Ran[Any]:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors, record
+from gpuflow.core import cli, errors, record, tables
 from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
@@ -38,6 +38,12 @@ class RunResult:
         ran = len(self.notebooks) - len(skipped)
         also = f"; {len(skipped)} skipped" if skipped else ""
         return f"{ran - len(bad)} of {ran} notebooks passed{also}"
+
+    def _repr_html_(self) -> str:
+        rows = [(n.name, n.exit_code, ", ".join(f"{k}: {v}" for k, v in n.steps.items()), n.error)
+                for n in self.notebooks]
+        return tables.table(rows, header=("notebook", "exit", "steps", "error"),
+                            caption=f"{self}; exit {self.exit_code}; {self.run_dir}")
 
 
 def slot_report(slots: list[Slot], pool: Any, makespan: float, results: list[NotebookResult],
@@ -118,13 +124,19 @@ def _with_summary(result: RunResult, status: record.Status, code: int) -> RunRes
 SHORT: dict[record.Status, str] = {"success": "ok", "failed": "failed", "skipped": "skipped", "kept": "kept"}
 
 
+def _status_word(n: NotebookResult, step: str) -> str:
+    if step not in n.steps:
+        return "-"
+    note = n.notes.get(step)
+    return f"{SHORT[n.steps[step]]} ({note})" if note else SHORT[n.steps[step]]
+
+
 def status_table(result: RunResult) -> str:
     steps = ("execute", "convert", "stage", "test", "summary")
     rows = [["notebook", *steps, "exit", "time", "note"]]
     for n in result.notebooks:
-        note = f"skipped: {n.skip_reason}" if n.skip_reason else f"retried: {n.retried}" if n.retried else ""
-        rows.append([n.name, *(SHORT[n.steps[s]] if s in n.steps else "-" for s in steps), str(n.exit_code),
-                     f"{n.duration_s:.1f}s", note])
+        note = f"retried: {n.retried}" if n.retried else ""  # a skip's reason is in its step's word
+        rows.append([n.name, *(_status_word(n, s) for s in steps), str(n.exit_code), f"{n.duration_s:.1f}s", note])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows]
     lines.append(f"{result}; makespan {result.makespan_s:.1f}s; exit {result.exit_code}")

@@ -194,7 +194,8 @@ def test_embedded_default_runs_the_bundled_notebook_and_suite(tmp_path: Path, mo
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from gpuflow.flow import config
 
-    if not (config.PROJECT_ROOT / config.BUNDLED_NOTEBOOK).is_file() or not config.BUNDLED_TESTS.is_dir():
+    root = config.demo_root()
+    if not (root / config.BUNDLED_NOTEBOOK).is_file() or not (root / config.BUNDLED_TESTS_REL).is_dir():
         pytest.skip("the bundled notebook or test suite is not merged yet")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)

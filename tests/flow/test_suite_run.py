@@ -65,7 +65,7 @@ def test_a_suite_lists_skips_with_reasons_and_findings(tmp_path: Path, test_repo
     assert code == 0
     printed = capsys.readouterr().out
     assert "2 of 2 notebooks passed; 4 skipped" in printed
-    assert "skipped: needs 2 GPUs; 0 visible" in printed  # the status table gives the reason
+    assert "skipped (needs 2 GPUs; 0 visible)" in printed  # the status table gives the reason
     run_dir = only_run(out)
     assert not (run_dir / "x").exists()  # excluded: not part of the run at all
     summary = json.loads((run_dir / artifacts.SUMMARY_JSON).read_text())

@@ -87,7 +87,7 @@ def test_a_failed_step_makes_the_summary_fail(art: Path) -> None:
     step = data["steps"][0]
     assert step["status"] == "failed" and step["error"] == "gpuflow.execute: cell 7: ValueError: boom"
     md = (art / "STEP_SUMMARY.md").read_text()
-    assert "FAILED (exit 1)" in md and "| Failing cell (index from 0) | 7 |" in md and "\x1b" not in md
+    assert "FAILED (exit 1)" in md and "| Failing cell | cell 8 |" in md and "\x1b" not in md
     assert summary.main([str(art), "--exit-code"]) == 1
 
 
