@@ -172,13 +172,16 @@ def _run_level(run_dir: Path, step: Step[R], call: Callable[[], R]) -> R:
     return ran.result()
 
 
-def _preflight(cfg: cfgmod.FlowConfig, run_dir: Path) -> dict[str, Any]:
+def _preflight(cfg: cfgmod.FlowConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """The run's one GPU check; with `run_dir`, its facts are kept there for
+    every notebook's execute (`--gpu-facts`)."""
     from gpuflow.gpu import guard
 
     opts = guard.GuardOptions(gpu=cfg.gpu, rmm=cfg.rmm, rmm_pool_size=cfg.rmm_pool_size, lite=cfg.lite,
                               max_cells=cfg.max_cells, max_genes=cfg.max_genes, seed=cfg.seed)
     facts = dict(guard.preflight(opts))
-    guard.write_facts(facts, RunDir(run_dir).gpu_facts)
+    if run_dir is not None:
+        guard.write_facts(facts, RunDir(run_dir).gpu_facts)
     return facts
 
 
