@@ -387,6 +387,13 @@ def record_cell_stats(path: str) -> bool:
         row = {"cell": getattr(result, "execution_count", None),
                "peak_bytes": int(field("peak_bytes")), "total_bytes": int(field("total_bytes")),
                "start": round(started[0], 3), "end": round(time.time(), 3)}
+        # RMM folds a popped cell's counters into the outer ones, so the outermost
+        # peak is the notebook's own peak so far, memory held across cells included
+        try:
+            outer = stats.get_statistics()
+            row["notebook_peak_bytes"] = int(outer["peak_bytes"] if isinstance(outer, dict) else outer.peak_bytes)
+        except Exception:
+            pass
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
 

@@ -70,7 +70,8 @@ def summarize(samples: list[dict[str, float]], name: str, total: int | None,
               spans: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """telemetry.json. Memory in use is NVML's (the whole device: an RMM pool's
     reservation counts in full); what the notebook allocated is RMM's per-cell
-    peak. Times of cells are seconds from the first sample, like `t`."""
+    peak (`rmm_peak_bytes`, see `_rmm_peak`) and each cell's own. Times of
+    cells are seconds from the first sample, like `t`."""
     utils = [s["utilization"] for s in samples]
 
     def since(row: dict[str, Any]) -> dict[str, Any]:
@@ -86,12 +87,21 @@ def summarize(samples: list[dict[str, float]], name: str, total: int | None,
         "t0_epoch": t0_epoch,
         "samples": samples,
         "peak_memory_bytes": max((int(s["memory_used"]) for s in samples), default=None),
-        "rmm_peak_bytes": max((int(c["peak_bytes"]) for c in cells if isinstance(c.get("peak_bytes"), int)),
-                              default=None),
+        "rmm_peak_bytes": _rmm_peak(cells),
         "mean_utilization_pct": round(sum(utils) / len(utils), 2) if utils else None,
         "cells": [since(c) for c in cells],
         "cell_spans": [since(c) for c in spans or []],
     }
+
+
+def _rmm_peak(cells: list[dict[str, Any]]) -> int | None:
+    """The notebook's RMM peak: the outermost counter's (`notebook_peak_bytes`,
+    memory held across cells included), else the largest single cell's."""
+    for key in ("notebook_peak_bytes", "peak_bytes"):
+        values = [int(c[key]) for c in cells if isinstance(c.get(key), int)]
+        if values:
+            return max(values)
+    return None
 
 
 def read_cell_stats(path: Path | None) -> list[dict[str, Any]]:

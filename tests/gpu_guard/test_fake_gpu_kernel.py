@@ -58,6 +58,8 @@ def push_statistics(): return None
 def pop_statistics():
     _n[0] += 1
     return Statistics(peak_bytes=1000 * _n[0], total_bytes=2000 * _n[0])
+def get_statistics():
+    return Statistics(peak_bytes=5000 * _n[0], total_bytes=9000 * _n[0])
 """,
 }
 
@@ -99,6 +101,8 @@ def test_pool_policy_end_to_end(tmp_path: Path, fake_gpu_env: Path, fake_nvml: N
     assert tel["gpu"] == "Fake H100" and tel["samples"]
     # per-cell rows the kernel's post_run_cell hook wrote from (fake) rmm.statistics
     assert len(tel["cells"]) >= 2 and all(c["peak_bytes"] > 0 for c in tel["cells"])
+    # the notebook's peak is the outermost counter's, read after each cell
+    assert tel["rmm_peak_bytes"] == max(c["notebook_peak_bytes"] for c in tel["cells"]) > tel["cells"][-1]["peak_bytes"]
 
 
 def test_notebook_policy_msg_bug_in_a_real_kernel(tmp_path: Path, fake_gpu_env: Path,
