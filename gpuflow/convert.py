@@ -58,7 +58,12 @@ def _read_notebook(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
         nb = nbformat.reader.reads(text)
+        major = nb.get("nbformat")
+        if isinstance(major, bool) or major not in (2, 3, 4):
+            raise errors.InputError(f"{path}: not a notebook: nbformat {major!r}; gpuflow reads nbformat 2 to 4")
         return nbformat.convert(nb, 4)
+    except RecursionError:
+        raise errors.InputError(f"{path}: not a notebook: its JSON is nested too deeply") from None
     except FileNotFoundError:
         raise errors.InputError(f"{path}: no such notebook") from None
     except (OSError, UnicodeDecodeError) as exc:

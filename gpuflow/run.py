@@ -26,6 +26,7 @@ from gpuflow.core import step as harness
 from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text, contained
 from gpuflow.core.log import log, redact
+from gpuflow.core.secrets import declare as declare_secret
 from gpuflow.core.step import Step, Verdict
 from gpuflow.flow import config as cfgmod
 from gpuflow.flow import report as run_report
@@ -196,7 +197,9 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
     for pattern in cfg.notebooks:
         if any(ch in pattern for ch in "*?["):
             contained(repo_dir, pattern.replace("*", "x").replace("?", "x").replace("[", "x"))
-            matches = sorted(p for p in repo_dir.glob(pattern) if p.is_file())
+            # each match checked too: a symlink the glob found may point out of the repo
+            matches = sorted(contained(repo_dir, p.relative_to(repo_dir)) for p in repo_dir.glob(pattern)
+                             if p.is_file())
             if not matches:
                 raise errors.InputError(f"notebook pattern {pattern!r} matches nothing in {repo_dir}")
         else:
@@ -266,20 +269,42 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | 
             saved = json.loads(RunDir(args.resume).config_json.read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError):
             raise errors.InputError(f"--resume {args.resume}: no readable config.json there") from None
-    cli_values = cfgmod.cli_values(args)
-    first = cfgmod.resolve(cli=cli_values, env=env, config_file=args.config, saved=saved,
-                           saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
+    values = cfgmod.cli_values(args)
+
+    def resolve(config_file: Path | None = None, repo_file: Path | None = None) -> cfgmod.Resolved:
+        return cfgmod.resolve(cli=values, env=env, config_file=config_file, repo_pyproject=repo_file, saved=saved,
+                              saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}",
+                              trust_repo=args.trust_repo_config)
+
+    if args.config is not None:
+        return resolve(config_file=args.config)
+    # the file where the runner stands is the runner's own, unless it lies in
+    # the notebook repo: named without it, or named by it (`repo = "."`)
+    here = cfgmod.find_config(Path.cwd())
+    if here is not None and not _in_repo(here, resolve().config, repo_dir):
+        runner = resolve(config_file=here)
+        if not _in_repo(here, runner.config, repo_dir):
+            return runner
+    first = resolve()
     if repo_dir is None and first.config.repo_is_local:
         repo_dir = Path(first.config.repo).expanduser()
-    if repo_dir is None or args.config is not None:
-        return first
-    return cfgmod.resolve(cli=cli_values, env=env, config_file=None, repo_pyproject=repo_dir / "pyproject.toml",
-                          saved=saved, saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
+    if repo_dir is None:
+        return first  # a git URL: its own config is read once it is cloned (reconfigure)
+    return resolve(repo_file=cfgmod.find_config(repo_dir))
+
+
+def _in_repo(path: Path, cfg: cfgmod.FlowConfig, repo_dir: Path | None) -> bool:
+    repo = repo_dir if repo_dir is not None else Path(cfg.repo).expanduser() if cfg.repo_is_local else None
+    return repo is not None and path.resolve().is_relative_to(repo.resolve())
 
 
 def _call(args: argparse.Namespace) -> RunResult | None:
     env = os.environ
+    for line in cfgmod.unknown_env(env):
+        log.warning(line)
     resolved = _resolve(args, env)
+    if resolved.config.token_env:  # before any child starts: each withholds and redacts it
+        declare_secret(resolved.config.token_env)
     if args.print_config:
         print(redact(resolved.render()))
         return None

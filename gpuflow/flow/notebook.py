@@ -258,7 +258,7 @@ def start_tests(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> Early
         repo = copy.result().path
         base = flow.test_base.result()  # type: ignore[union-attr]
         return run_tests(repo, marker=flow.config.marker, out_dir=out_dir, install=False,
-                         python=base.python, gate=gate)
+                         python=base.python, gate=gate, pass_env=flow.config.pass_env)
 
     return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests))
 

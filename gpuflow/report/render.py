@@ -33,9 +33,23 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).splitlines())
+
+
 def _md(value: Any) -> str:
-    text = "—" if value is None else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Markdown text for a value that may come from a notebook, a test or an
+    error: one line, no HTML, no table breaks, no links."""
+    text = "—" if value is None else _one_line(value)
+    text = html.escape(text, quote=False)
+    for ch in "\\|[]":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _code(value: Any) -> str:
+    """A Markdown code span: literal inside, so only its own delimiter and line breaks matter."""
+    return "`" + _one_line(value).replace("`", "'") + "`"
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -68,30 +82,32 @@ def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
 
 
 def markdown(summary: Summary) -> str:
-    lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
+    lines = [f"## {ICON[summary.status]} {_md(summary.title)}: {summary.status.upper()} (exit {summary.exit_code})",
+             ""]
     lines += ["### Steps", *_md_table(("Status", "Step", "Exit", "Duration", "Error"), _step_rows(summary)), ""]
     counts = summary.counts
     if counts is not None:
         lines += ["### Tests", *_md_table(("Metric", "Count"),
                                           [(label, getattr(counts, k)) for k, label in TEST_ROWS]), ""]
-        lines += [f"- ❌ `{t}`" for t in counts.failing] + ([""] if counts.failing else [])
+        lines += [f"- ❌ {_code(t)}" for t in counts.failing] + ([""] if counts.failing else [])
     else:
         lines += ["### Tests", f"⚠️ No JUnit XML ({artifacts.JUNIT_XML}): the tests did not run or wrote no results.", ""]
     facts = _fact_rows(summary)
     if facts:
         lines += ["### Notebook and GPU", *_md_table(("Fact", "Value"), facts), ""]
     lines += ["### Artifacts", *_md_table(("File", "Size"),
-                                          [(f"`{a.path}`", _size(a.bytes)) for a in summary.artifacts]), ""]
+                                          [(a.path, _size(a.bytes)) for a in summary.artifacts]), ""]
     if summary.missing:
-        lines += ["### ⚠️ Missing", *[f"- `{m}`" for m in summary.missing], ""]
+        lines += ["### ⚠️ Missing", *[f"- {_code(m)}" for m in summary.missing], ""]
     return "\n".join(lines)
 
 
 def run_markdown(summary: RunSummary) -> str:
-    lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
+    lines = [f"## {ICON[summary.status]} {_md(summary.title)}: {summary.status.upper()} (exit {summary.exit_code})",
+             ""]
     rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *_test_cells(s)) for name, s in summary.notebooks]
     lines += _md_table(("Status", "Notebook", "Exit", "Passed", "Failed"), rows)
-    text = "\n".join(lines + [""] + [f"- ⚠️ {m}" for m in summary.missing])
+    text = "\n".join(lines + [""] + [f"- ⚠️ {_md(m)}" for m in summary.missing])
     if summary.schedule is None:
         return text
     schedule = [_makespan(summary.schedule), "", *_md_table(SLOT_HEADER, _slot_rows(summary.schedule))]
@@ -146,7 +162,7 @@ def _links(artifact_dir: ArtifactDir) -> str:
         found = sorted(artifact_dir.path.glob(pattern)) if "*" in pattern else [artifact_dir.path / pattern]
         for path in found:
             if path.is_file():  # index.html is written last: summary.json is there
-                items.append(f'<li><a href="{html.escape(path.name)}">{html.escape(label)}</a></li>')
+                items.append(f'<li><a href="{tables.href(path.name)}">{html.escape(label)}</a></li>')
             else:
                 items.append(f"<li>{html.escape(label)}: <em>missing</em></li>")
     return "<h2>Files</h2><ul>" + "".join(items) + "</ul>"
@@ -175,7 +191,7 @@ def page(summary: Summary, artifact_dir: ArtifactDir) -> str:
 
 def run_page(summary: RunSummary) -> str:
     rows = "".join(
-        f'<tr><td class="{s.status}">{s.status}</td><td><a href="{html.escape(name)}/{artifacts.INDEX_HTML}">'
+        f'<tr><td class="{s.status}">{s.status}</td><td><a href="{tables.href(name, artifacts.INDEX_HTML)}">'
         f"{html.escape(name)}</a></td><td>{s.exit_code}</td>"
         + "".join(f"<td>{tables.cell(v)}</td>" for v in _test_cells(s)) + "</tr>" for name, s in summary.notebooks)
     table = ("<table><caption>Notebooks</caption><tr><th>Status</th><th>Notebook</th><th>Exit</th>"
