@@ -276,21 +276,20 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | 
                               saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}",
                               trust_repo=args.trust_repo_config)
 
-    if args.config is not None:
-        return resolve(config_file=args.config)
     # the file where the runner stands is the runner's own, unless it lies in
     # the notebook repo: named without it, or named by it (`repo = "."`)
-    here = cfgmod.find_config(Path.cwd())
-    if here is not None and not _in_repo(here, resolve().config, repo_dir):
-        runner = resolve(config_file=here)
-        if not _in_repo(here, runner.config, repo_dir):
-            return runner
-    first = resolve()
+    runner_file = args.config
+    if runner_file is None:
+        here = cfgmod.find_config(Path.cwd())
+        if here is not None and not _in_repo(here, resolve().config, repo_dir) \
+                and not _in_repo(here, resolve(config_file=here).config, repo_dir):
+            runner_file = here
+    first = resolve(config_file=runner_file)
     if repo_dir is None and first.config.repo_is_local:
         repo_dir = Path(first.config.repo).expanduser()
     if repo_dir is None:
         return first  # a git URL: its own config is read once it is cloned (reconfigure)
-    return resolve(repo_file=cfgmod.find_config(repo_dir))
+    return resolve(config_file=runner_file, repo_file=cfgmod.find_config(repo_dir))
 
 
 def _in_repo(path: Path, cfg: cfgmod.FlowConfig, repo_dir: Path | None) -> bool:

@@ -1,12 +1,13 @@
 """The one configuration resolver of `gpuflow run`.
 
 Order, lowest to highest: built-in defaults < a resumed run's saved config <
-one config file < `GPUFLOW_<OPTION>` environment variables < CLI flags.
-Each value remembers where it came from, for `gpuflow run --print-config`.
+the notebook repo's config file < the runner's config file < `GPUFLOW_<OPTION>`
+environment variables < CLI flags. Each value remembers where it came from,
+for `gpuflow run --print-config`.
 
-The config file is `--config FILE`, else the one found where the runner
-stands (`./gpuflow.toml`, else `[tool.gpuflow]` in `./pyproject.toml`), else
-the notebook repo's own. A file inside the notebook repo is written by whoever
+A config file is `gpuflow.toml`, else `[tool.gpuflow]` in `pyproject.toml`.
+The runner's is `--config FILE`, else the one where the runner stands, when
+that is outside the notebook repo. The repo's own file is written by whoever
 wrote the notebooks (a pull request from a fork, say), so it may only shape
 the notebooks' work (`REPO_KEYS`); what touches secrets, hosts or the
 runner's files is taken only from the runner's side, unless the runner passes
@@ -231,9 +232,12 @@ def resolve(
     if saved:
         layers.append((saved_label, _check_known(dict(saved), saved_label)))
     ignored: dict[str, str] = {}
-    file_layer = _file_layer(config_file, repo_pyproject, trust_repo, ignored)
-    if file_layer is not None:
-        layers.append(file_layer)
+    # the repo's own file first, the runner's file over it
+    repo_layer = _repo_layer(repo_pyproject, trust_repo, ignored)
+    if repo_layer is not None:
+        layers.append(repo_layer)
+    if config_file is not None:
+        layers.append((str(config_file), read_toml(config_file)))
     layers.append(("env", _env_layer(env)))
     layers.append(("cli", dict(cli or {})))
     merged: dict[str, Any] = {}
@@ -280,22 +284,19 @@ def find_config(directory: Path) -> Path | None:
     return None
 
 
-def _file_layer(config_file: Path | None, repo_file: Path | None, trust_repo: bool,
+def _repo_layer(repo_file: Path | None, trust_repo: bool,
                 ignored: dict[str, str]) -> tuple[str, dict[str, Any]] | None:
-    # One file, never two: the runner's own file replaces the repo's settings.
-    if config_file is not None:
-        return str(config_file), read_toml(config_file)
-    if repo_file is not None and repo_file.is_file():
-        values = read_toml(repo_file)
-        if not trust_repo:
-            for key in [k for k in values if k not in REPO_KEYS]:
-                del values[key]
-                ignored[key] = str(repo_file)
-                log.warning(f"{repo_file}: `{key}` ignored: the notebook repo may not set it; set it from the "
-                            f"runner's side ({flag_name(key) if OPTIONS[key].cli else 'a --config file'}, "
-                            f"{env_name(key)}, or --config FILE outside the repo)")
-        return (str(repo_file), values) if values else None
-    return None
+    if repo_file is None or not repo_file.is_file():
+        return None
+    values = read_toml(repo_file)
+    if not trust_repo:
+        for key in [k for k in values if k not in REPO_KEYS]:
+            del values[key]
+            ignored[key] = str(repo_file)
+            log.warning(f"{repo_file}: `{key}` ignored: the notebook repo may not set it; set it from the "
+                        f"runner's side ({flag_name(key) if OPTIONS[key].cli else 'a --config file'}, "
+                        f"{env_name(key)}, or --config FILE outside the repo)")
+    return (str(repo_file), values) if values else None
 
 
 def _is_local(value: str) -> bool:
