@@ -260,6 +260,9 @@ def _fetch(url: str, part: Path, headers: Mapping[str, str], timeout: float, exp
             # changed: splicing its tail onto our head would be a corrupt file
             log.info(f"the server did not resume at byte {offset} of the same file (HTTP {response.status}); "
                      "starting over")
+            if response.status == 206:  # only a tail came: ask again for the whole file
+                _discard(part)
+                raise _Transient("the server sent part of a different file")
             offset, digests = 0, _Digests(bool(expect.md5))
         if offset == 0:
             validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
