@@ -35,6 +35,9 @@ from gpuflow.flow.report import RunResult
 from gpuflow.flow.schedule import Pool, Slot, slots_for
 
 R = TypeVar("R")
+# How long a run waits for the children of a crashed run on the same run dir
+# to go (they get SIGTERM when it dies, then stop their kernels).
+LOCK_WAIT_S = 15.0
 
 # The once-per-run steps, recorded under RUN_DIR/steps/; what one raises ends the run.
 PREFLIGHT = Step[dict[str, Any]](name="preflight", details=lambda facts: dict(facts))
@@ -237,17 +240,25 @@ def new_run_dir(out: Path) -> Path:
 def _locked(run_dir: Path) -> Iterator[None]:
     # flock, not a pid file: the kernel drops it when a crashed run dies, so
     # --resume after a crash never finds a stale lock
+    # Every child holds it too, so after a crash it is free only once the
+    # last orphan is gone; a resume waits a little for that before refusing.
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(RunDir(run_dir).lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise errors.UsageError(f"another gpuflow run is using {run_dir}") from None
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise errors.UsageError(f"another gpuflow run is using {run_dir}") from None
+                time.sleep(0.2)
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
-        yield
+        with proc.held_by_children(fh.fileno()):
+            yield
 
 
 def _save_config(run_dir: Path, resolved: cfgmod.Resolved) -> None:
