@@ -111,6 +111,7 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         except (errors.Stopped, KeyboardInterrupt) as exc:
             stopped = exc if isinstance(exc, errors.Stopped) else errors.Interrupted("interrupted", signum=2)
             log.warning(f"{stopped}: stopping the kernels, then writing the summaries")
+            flow.stopped_by = stopped
             flow.stop.set()
             proc.signal_all(signal.SIGINT if isinstance(stopped, errors.Interrupted) else signal.SIGTERM)
             pool.wait(timeout=60)

@@ -74,6 +74,10 @@ class TestResult(TestCounts):
                                      + ", ".join(self.failing[:3]))
         elif self.exit_code == 5:
             exc = errors.NoTestsCollected("pytest collected no tests (check --marker)")
+        elif self.exit_code > 128:
+            stop = errors.Interrupted if self.exit_code == errors.Interrupted.exit_code else errors.Terminated
+            raise stop(f"pytest was stopped by signal {self.exit_code - 128}", signum=self.exit_code - 128,
+                       details=self.details())
         else:
             exc = errors.UsageError(f"pytest could not run the tests (exit {self.exit_code}): "
                                     f"usage or collection error, see {artifacts.PYTEST_LOG}")
@@ -250,7 +254,8 @@ def run_tests(
             done = proc.call(cmd, cwd=repo_dir, check=False, env=env, on_line=on_line)
     _redact_reports(ArtifactDir(out_dir))
     counts = parse_junit(junit, done.stdout) if junit.is_file() else TestCounts()
-    code = {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)
+    # killed by a signal (gpuflow run passes SIGTERM on): 128 + signal, as a shell says it
+    code = 128 - done.returncode if done.returncode < 0 else {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)
     return TestResult(**vars(counts), exit_code=code, out_dir=out_dir, python=chosen,
                       duration_s=round(time.monotonic() - t0, 3))
 

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,6 +69,8 @@ class Flow:
     background: Executor  # fetches the test repo and copies it, off the critical path
     testers: Executor  # runs each notebook's pytest, started early and held at a gate
     stop: threading.Event = field(default_factory=threading.Event)
+    # the signal that stopped the run, when one did (`stop` also means --fail-fast)
+    stopped_by: errors.Stopped | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +122,8 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
             elif job.html.exists():
                 if note(_stage(flow, job, copy)).exit_code == 0 and not flow.stop.is_set():
                     note(_test(flow, job, cache, early))
+        if flow.stopped_by is not None:
+            _note_stop(flow.stopped_by, job, ran, note)
     finally:
         if early is not None:
             early.close("the notebook's tests are not run in this run")
@@ -132,6 +137,25 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
         failed_step=failed_step.step if failed_step else None, error=failed_step.error if failed_step else None,
         duration_s=round(time.monotonic() - t0, 3),
     )
+
+
+def _note_stop(stopped: errors.Stopped, job: NotebookJob, ran: dict[str, harness.Ran[Any]],
+               note: Callable[[harness.Ran[Any]], harness.Ran[Any]]) -> None:
+    """The first step a signal kept from running is recorded as stopped by
+    it (143, 130), so the notebook's summary says what happened to it."""
+    from gpuflow.convert import STEP as CONVERT
+    from gpuflow.stage import STEP as STAGE
+    from gpuflow.test import STEP as TEST
+
+    if any(isinstance(r.exception, errors.Stopped) or r.exit_code == stopped.exit_code for r in ran.values()):
+        return  # a step already says so
+    for step in (CONVERT, STAGE, TEST):
+        if step.name not in ran:
+            def raise_stop() -> None:
+                raise type(stopped)(f"not run: {stopped}", signum=stopped.signum)
+
+            note(harness.run(step, job.dir, raise_stop))
+            return
 
 
 def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> harness.Ran[None]:
