@@ -37,15 +37,13 @@ def bounded_yaml(text: str, where: str) -> Any:
     """A YAML value, read safely and within bounds; bad input is a UsageError."""
     import yaml
 
-    class Loader(yaml.SafeLoader):
-        pass
-
+    loader_class: Any = type("BoundedLoader", (yaml.SafeLoader,), {})
     # papermill's NoDatesSafeLoader: no implicit timestamps
-    Loader.yaml_implicit_resolvers = {
+    loader_class.yaml_implicit_resolvers = {
         first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
-    loader = Loader(text)
+    loader = loader_class(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.flow.conftest import steps_present, test_repo  # noqa: F401
-from tests.network.conftest import file_server, git_server, publish  # noqa: F401
+from tests.network.conftest import file_server, git_server, history, publish  # noqa: F401
 
 # what a payload does when it runs: the page's title changes to this word,
 # which the payload's own (escaped) text never spells out

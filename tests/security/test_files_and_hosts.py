@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.flow.test_run import notebook
-from tests.network.conftest import FileServer
+from tests.network.conftest import FileServer, publish
 from tests.security.conftest import gpuflow
 
 TOKEN = "tok_REDIRECT_0123456789abcdef"
@@ -141,3 +141,15 @@ def test_a_notebook_glob_refuses_a_symlink_out_of_the_repo(tmp_path: Path) -> No
     assert done.returncode == 2, done.stderr[-2000:]
     assert "outside" in done.stderr.strip().splitlines()[-1]
     assert not list(out.rglob("evil_output.ipynb"))
+
+
+def test_github_token_unasked_goes_to_github_only(git_server: Any, history: Any, tmp_path: Path) -> None:
+    srv = git_server(token=TOKEN)
+    publish(history.path, srv.root)
+    # GITHUB_TOKEN is in every Actions job's environment; this host is not GitHub
+    done = gpuflow("clone", srv.url("repo.git"), str(tmp_path / "out"), "--retries", "0",
+                   env={"GITHUB_TOKEN": TOKEN})
+    assert done.returncode == 3, done.stderr[-2000:]
+    named = gpuflow("clone", srv.url("repo.git"), str(tmp_path / "out2"), "--retries", "0",
+                    "--token-env", "GITHUB_TOKEN", env={"GITHUB_TOKEN": TOKEN})
+    assert named.returncode == 0, named.stderr[-2000:]
