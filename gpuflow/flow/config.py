@@ -137,7 +137,7 @@ OPTIONS: dict[str, Option] = {
     "gpus": Option("str", "GPUs to spread notebooks over: '0,1' or 'all'; '' runs without pinning"),
     "fail_fast": Option("bool", "after a notebook fails, start no further notebooks"),
     "skip_tests_on_failure": Option("bool", "skip the test step of a notebook that failed"),
-    "pass_env": Option("list", "environment variables the kernel gets although their names look like "
+    "pass_env": Option("list", "environment variables the kernel and pytest get although they look like "
                        "secrets (TOKEN, KEY, PASSWORD...); all such variables are withheld by default"),
     "sanitize_html": Option("bool", "strip scripts and unsafe markup from the HTML report "
                             "(for notebooks whose output you do not trust)"),
