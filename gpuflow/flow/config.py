@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import difflib
 import json
 import re
@@ -375,6 +376,8 @@ def _validate(name: str, value: Any, where: str) -> Any:
         value = tuple(value)
     elif kind == "table" and not isinstance(value, Mapping):
         raise bad
+    elif kind == "table":
+        value = _dates_as_text(value)
     elif name == "timeouts":
         for key, seconds in value.items():
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
@@ -416,6 +419,19 @@ def _build(merged: dict[str, Any]) -> FlowConfig:
     merged["notebooks"] = tuple(merged["notebooks"] or ())
     merged["pass_env"] = tuple(merged["pass_env"] or ())
     return FlowConfig(**merged)
+
+
+def _dates_as_text(value: Any) -> Any:
+    """TOML dates and times as the text they were written as: papermill keeps
+    YAML dates as strings, and a date could not be saved to config.json or
+    handed to execute as JSON, which would lose a run at its end."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _dates_as_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_dates_as_text(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -69,3 +69,13 @@ def test_yaml_dates_stay_strings_and_the_run_is_saved(tmp_path: Path) -> None:
     one = gpuflow("execute", str(nb), str(tmp_path / "one_out.ipynb"), "-y", "when: 2024-01-02 10:00:00")
     assert one.returncode == 0, one.stderr[-2000:]
     assert "RESULT= str" in (tmp_path / "one_out.ipynb").read_text()
+
+
+def test_toml_dates_in_parameters_are_saved_as_text(tmp_path: Path) -> None:
+    repo, out = tmp_path / "nbs", tmp_path / "out"
+    notebook(repo / "nb.ipynb", "print('RESULT=', type(when).__name__, when)", parameters="when = None")
+    (tmp_path / "c.toml").write_text("parameters = {when = 2024-01-02}\n")
+    done = gpuflow("run", "--repo", str(repo), "--notebooks", "nb.ipynb", "--test-repo", "", "--gpu", "off",
+                   "--out", str(out), "--config", str(tmp_path / "c.toml"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RESULT= str 2024-01-02" in (only_run(out) / "nb" / "nb_output.ipynb").read_text()
