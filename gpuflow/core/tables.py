@@ -41,4 +41,4 @@ def href(*segments: str) -> str:
     """A relative link to a file gpuflow wrote, for an `href` attribute: each
     segment percent-encoded, so a name such as `javascript:alert(1)` stays a
     file name and never becomes a scheme, a query or a second attribute."""
-    return "./" + "/".join(urllib.parse.quote(seg, safe="") for seg in segments)
+    return "/".join(urllib.parse.quote(seg, safe="") for seg in segments)

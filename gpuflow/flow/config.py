@@ -376,12 +376,12 @@ def _validate(name: str, value: Any, where: str) -> Any:
         value = tuple(value)
     elif kind == "table" and not isinstance(value, Mapping):
         raise bad
-    elif kind == "table":
-        value = _dates_as_text(value)
     elif name == "timeouts":
         for key, seconds in value.items():
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
                 raise ConfigError(f"{where}: timeouts.{key} must be a number of seconds, not {seconds!r}")
+    elif kind == "table":
+        value = _dates_as_text(value)
     elif kind == "datasets":
         value = _validate_datasets(value, where)
     return value
