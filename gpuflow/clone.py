@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuflow.core import backup as backups
-from gpuflow.core import secrets
+from gpuflow.core import secrets, tables
 from gpuflow.core.errors import AuthError, CloneError, ConfigError, InfraError, InputError
 from gpuflow.core.fsutil import write_results
 from gpuflow.core.log import add_secret, log, redact
@@ -93,6 +93,9 @@ class CloneResult:
 
     def __str__(self) -> str:
         return f"{self.url} @ {self.revision or 'HEAD'} -> {self.path} ({self.commit[:12]})"
+
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
 
 
 def clone(

@@ -89,7 +89,29 @@ def _exporter(template: str, no_input: bool, embed_images: bool, sanitize_html: 
             log=logger,
         )
     except Exception as exc:  # traitlets raises TraitError / ValueError on a bad template
-        raise errors.ConfigError(f"nbconvert template {template!r}: {exc}") from None
+        missing = "No template sub-directory" in str(exc)
+        line = template_missing(template) if missing else f"nbconvert template {template!r}: {exc}"
+        raise errors.ConfigError(line) from None
+
+
+def template_missing(template: str = "lab") -> str:
+    """The one line for a template nbconvert cannot find, with how to fix it:
+    `pip install --target DIR` puts the templates in DIR/share/jupyter, where
+    Jupyter does not look unless JUPYTER_PATH says so."""
+    from jupyter_core.paths import jupyter_path
+
+    looked = ", ".join(jupyter_path("nbconvert", "templates"))
+    return (f"nbconvert's {template!r} template is not installed where Jupyter looks ({looked}); "
+            "after `pip install --target DIR`, set JUPYTER_PATH=DIR/share/jupyter")
+
+
+def find_template(template: str = "lab") -> str | None:
+    """None when nbconvert can load `template`, else the one line saying why not."""
+    try:
+        _exporter(template, False, False, False, logging.Logger("gpuflow.nbconvert.check"))
+    except errors.ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _cache_templates(exporter: Any) -> None:

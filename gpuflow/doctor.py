@@ -4,7 +4,8 @@ table (or JSON), each problem with a one-line hint.
 The Tekton scripts this replaces probed these by hand in every step (UIDs,
 writable conda, /dev/shm, `ulimit -l`, nvidia-smi). Exit codes: 0 all good;
 2 something required is missing (no papermill/nbconvert/ipykernel, no
-kernelspec, unwritable HOME or workspace); 4 `--gpu require` and no GPU.
+nbconvert `lab` template, no kernel spec for the kernel, no git, no pytest
+plugins, unwritable HOME, workspace or out dir); 4 `--gpu require` and no GPU.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import proc
+from gpuflow.core import proc, tables
 from gpuflow.core.errors import ConfigError, NoGPUError
 from gpuflow.core.step import Step
 
@@ -48,6 +49,13 @@ class DoctorReport:
     @property
     def exit_code(self) -> int:
         return ConfigError.exit_code if any(f.required and not f.ok for f in self.facts) else 0
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def _repr_html_(self) -> str:
+        rows = [("ok" if f.ok else ("ERR" if f.required else "warn"), f.name, f.value, f.hint) for f in self.facts]
+        return tables.table(rows, header=("", "fact", "value", "hint"), caption=f"gpuflow doctor: exit {self.exit_code}")
 
     def table(self) -> str:
         width = max((len(f.name) for f in self.facts), default=10)
@@ -137,6 +145,43 @@ def kernel_facts() -> list[Fact]:
                  hint="" if ok else "python -m ipykernel install --user --name python3")]
 
 
+def run_facts(kernel: str, out: Path) -> list[Fact]:
+    """What `gpuflow run` reaches for: the HTML template, the kernel, git, the
+    pytest plugins, and a place to write the run."""
+    from gpuflow.convert import find_template
+
+    facts = []
+    problem = find_template("lab")
+    facts.append(Fact(name="nbconvert lab template", value="found" if problem is None else "missing",
+                      ok=problem is None, required=True, hint=problem or ""))
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+        where = KernelSpecManager().get_kernel_spec(kernel).resource_dir
+        facts.append(Fact(name=f"kernel {kernel}", value=where, required=True))
+    except NoSuchKernel:
+        facts.append(Fact(name=f"kernel {kernel}", value="no kernel spec", ok=False, required=True,
+                          hint=f"python -m ipykernel install --user --name {kernel}"))
+    git = _tool("git", ["--version"])
+    facts.append(Fact(name="git", value=git.value, ok=git.value != "not found", required=True,
+                      hint="install git (the notebook and test repos are cloned with it)"
+                      if git.value == "not found" else ""))
+    import importlib.util
+
+    from gpuflow.test import PLUGINS
+
+    absent = [dist for module, dist in PLUGINS.items() if importlib.util.find_spec(module) is None]
+    facts.append(Fact(name="pytest plugins", value=", ".join(f"{d} missing" for d in absent) or
+                      ", ".join(f"{d} {_version(d)}" for d in PLUGINS.values()), ok=not absent, required=True,
+                      hint=f"pip install {' '.join(absent)}" if absent else ""))
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    ok = existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    facts.append(Fact(name="out dir", value=f"{out} ({'writable' if ok else 'NOT writable'})", ok=ok, required=True,
+                      hint="" if ok else (_owner_hint(existing, os.getuid()) or f"{existing} is read-only")
+                      + "; pass --out to a writable directory"))
+    return facts
+
+
 def user_facts(workspace: Path) -> list[Fact]:
     uid, gid = os.getuid(), os.getgid()
     try:
@@ -153,7 +198,8 @@ def user_facts(workspace: Path) -> list[Fact]:
              + "; set HOME to a writable directory (Jupyter writes runtime files there)"),
         Fact(name="workspace", value=f"{workspace} ({'writable' if ws_ok else 'NOT writable'})", ok=ws_ok,
              required=True, hint="" if ws_ok else (_owner_hint(workspace, uid) or "read-only")
-             + "; in Tekton set securityContext.fsGroup to the image user's GID"),
+             + f"; in Kubernetes set the pod's securityContext.fsGroup to {gid}; on NFS with root squash, "
+               f"export the share with all_squash,anonuid={uid},anongid={gid}"),
     ]
 
 
@@ -187,12 +233,14 @@ def gpu_facts(gpu: dict[str, Any], require: bool) -> list[Fact]:
                       "check CUDA_VISIBLE_DEVICES is not empty")]
 
 
-def doctor(*, workspace: Path | None = None, gpu: bool = True, require_gpu: bool = False) -> DoctorReport:
+def doctor(*, workspace: Path | None = None, gpu: bool = True, require_gpu: bool = False, kernel: str = "python3",
+           out: Path | None = None) -> DoctorReport:
     """Gather every fact; never raises for a missing piece (that is a fact)."""
     from gpuflow.gpu import devices as _gpu
 
     gpu_info = _gpu.detect() if gpu else {}
     facts = python_facts() + package_facts() + kernel_facts() + user_facts(workspace or Path.cwd())
+    facts += run_facts(kernel, (out or Path("gpuflow-out")).absolute())
     facts += system_facts() + (gpu_facts(gpu_info, require_gpu) if gpu else [])
     return DoctorReport(facts=facts, gpu=gpu_info)
 
@@ -202,10 +250,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", type=Path, default=None, help="directory that must be writable (default: cwd)")
     p.add_argument("--gpu", choices=("auto", "require", "off"), default="auto",
                    help="require: exit 4 without a GPU; off: skip the GPU checks")
+    p.add_argument("--kernel", default="python3", help="the kernel the notebooks run in")
+    p.add_argument("--out", type=Path, default=Path("gpuflow-out"), help="where runs are written")
 
 
 def _call(args: argparse.Namespace) -> DoctorReport:
-    report = doctor(workspace=args.workspace, gpu=args.gpu != "off", require_gpu=args.gpu == "require")
+    report = doctor(workspace=args.workspace, gpu=args.gpu != "off", require_gpu=args.gpu == "require",
+                    kernel=args.kernel, out=args.out)
     if args.json:
         print(json.dumps({"facts": [asdict(f) for f in report.facts], "gpu": report.gpu,
                           "exit_code": report.exit_code}, indent=1, default=str))

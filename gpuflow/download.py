@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gpuflow.core import download_cache, secrets
+from gpuflow.core import download_cache, secrets, tables
 from gpuflow.core.errors import AuthError, ChecksumError, ConfigError, DownloadError, InfraError, InputError
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import add_secret, log, redact
@@ -46,6 +46,9 @@ class DownloadResult:
 
     def __str__(self) -> str:
         return f"{self.path} ({self.bytes} bytes, sha256 {self.sha256[:12]}, from {self.source})"
+
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
 
 
 @dataclass(frozen=True)

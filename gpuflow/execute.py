@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import errors
-from gpuflow.core.artifacts import ArtifactDir
+from gpuflow.core import errors, tables
+from gpuflow.core.artifacts import ArtifactDir, notebook_name
 from gpuflow.core.log import log
 from gpuflow.core.step import Step
 from gpuflow.gpu import guard as _guard
@@ -34,9 +34,9 @@ class ExecuteResult:
     log: Path
     status: str  # "success" | "failed"
     exit_code: int
-    cells: int
+    cells: int  # the user's code cells: the input notebook's, none that gpuflow or papermill injected
     executed_cells: int
-    failed_cell: int | None = None  # index into the INPUT notebook's cells, from 0
+    failed_cell: int | None = None  # index into the INPUT notebook's cells, from 0 (told as "cell <index + 1>")
     error: str | None = None
     duration_s: float = 0.0
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +44,9 @@ class ExecuteResult:
 
     def __str__(self) -> str:
         return f"{self.output}: {self.status}, {self.executed_cells} cells executed in {self.duration_s:.1f}s"
+
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
 
     def details(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -75,12 +78,13 @@ def execute_notebook(
     """
     t0 = time.monotonic()
     input_path, output_path = Path(input_path), Path(output_path)
-    log_path = Path(log_path) if log_path else ArtifactDir(output_path.parent).papermill_log
+    # named after the notebook: several notebooks may be executed into one folder
+    log_path = Path(log_path) if log_path else ArtifactDir(output_path.parent).notebook_log(notebook_name(output_path))
     if prepare.same_file(input_path, output_path):
         raise errors.InputError(f"output {output_path} is the input notebook; it is never overwritten")
     _check_options(cwd, cell_timeout, timeout)
     nb = prepare.load_notebook(input_path)
-    name = kernel or nb.metadata.get("kernelspec", {}).get("name") or "python3"
+    name = prepare.kernel_name(nb, kernel)
     prepare.check_writable(output_path.parent)
     prepare.check_writable(log_path.parent)
     if not prepare_only:
@@ -95,7 +99,7 @@ def execute_notebook(
     nb = _papermill_metadata(nb, params, input_path, output_path, name, report_mode)
     base = ExecuteResult(
         input=input_path, output=output_path, log=log_path, status="success", exit_code=0,
-        cells=len(nb.cells), executed_cells=0, parameters=params, prepared=report.summary(),
+        cells=_user_code_cells(nb, origin), executed_cells=0, parameters=params, prepared=report.summary(),
     )
     if prepare_only:
         log.info(f"prepared (not executed): {report.summary()}")
@@ -127,7 +131,7 @@ def execute_notebook(
                 stop = _add_banner(nb, stop)
         finally:
             engine.write_notebook(nb, output_path)
-        result = replace(base, executed_cells=_executed(nb), duration_s=round(time.monotonic() - t0, 3))
+        result = replace(base, executed_cells=_executed(nb, origin), duration_s=round(time.monotonic() - t0, 3))
         if stop is not None:
             _raise_for(stop, nb, origin, result)  # inside the step, so that it reads "failed"
     return result
@@ -177,6 +181,13 @@ def _cell_error(nb: Any) -> engine.Stop | None:
                 continue
             what = f"raised {out.get('ename')}: {_plain(out.get('evalue', ''))}"
             return engine.Stop(exc=errors.CellError, what=what, place_first=True, cell=index, banner="")
+        if cell.get("metadata", {}).get("papermill", {}).get("exception"):
+            # the kernel's execute reply said "error" with no error output (an
+            # unknown line magic writes a UsageError to stderr): a failed cell all the same
+            said = next((_plain("".join(out.get("text", ""))) for out in cell.get("outputs", [])
+                         if out.get("output_type") == "stream" and out.get("name") == "stderr"), "")
+            what = f"failed: {said}" if said else "failed (the kernel reported an error)"
+            return engine.Stop(exc=errors.CellError, what=what, place_first=True, cell=index, banner="")
     return None
 
 
@@ -220,20 +231,39 @@ def _input_index(nb: Any, cell: int | None, origin: dict[Any, int]) -> int | Non
 
 
 def _where(nb: Any, cell: int | None, failed: int | None) -> str:
+    """Where execution stopped, as the user counts: "cell 3 (In [3])" is the
+    third cell of their notebook, and In [n] is what papermill shows for it."""
     if cell is None:
         return ""
     tags = nb.cells[cell].metadata.get("tags", [])
-    count = nb.cells[cell].get("execution_count")
+    count = _papermill_count(nb, cell)
     label = f" (In [{count}])" if count is not None else ""
     if failed is not None:
-        return f"cell {failed}{label}"
+        return f"cell {failed + 1}{label}"
     if "injected-parameters" in tags:
         return f"the injected parameters cell{label}"
     return f"the GPU guard cell{label}" if prepare.GUARD_TAG in tags else f"an injected cell{label}"
 
 
-def _executed(nb: Any) -> int:
-    return sum(1 for c in nb.cells if c.cell_type == "code" and c.get("execution_count") is not None)
+def _papermill_count(nb: Any, cell: int) -> int | None:
+    """The cell's execution count less those taken by gpuflow's injected cells
+    before it (found by their tag, wherever they sit and whether or not they
+    ran in the kernel's history): papermill, which injects none, shows this."""
+    count = nb.cells[cell].get("execution_count")
+    if count is None:
+        return None
+    ours = sum(1 for c in nb.cells[:cell] if prepare.GUARD_TAG in c.metadata.get("tags", [])
+               and c.get("execution_count") is not None)
+    return int(count) - ours
+
+
+def _user_code_cells(nb: Any, origin: dict[Any, int]) -> int:
+    return sum(1 for c in nb.cells if c.cell_type == "code" and c.get("id") in origin)
+
+
+def _executed(nb: Any, origin: dict[Any, int]) -> int:
+    return sum(1 for c in nb.cells if c.cell_type == "code" and c.get("id") in origin
+               and c.get("execution_count") is not None)
 
 
 
@@ -241,14 +271,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="notebook to execute (never modified)")
     p.add_argument("output", type=Path, help="executed notebook to write (partial on failure)")
     g = p.add_argument_group("parameters (papermill-style; later sources win: -f, -y, -p)")
-    g.add_argument("-p", "--parameters", nargs=2, action="append", metavar=("NAME", "VALUE"), default=[],
-                   help="a parameter; VALUE becomes bool/None/int/float when it reads as one")
+    # --parameters: papermill's spelling, kept so its command lines work unchanged
+    g.add_argument("-p", "--parameter", "--parameters", dest="parameters", nargs=2, action="append",
+                   metavar=("NAME", "VALUE"), default=[],
+                   help="a parameter (repeat for more); VALUE becomes bool/None/int/float when it reads as one")
     g.add_argument("-y", "--parameters-yaml", action="append", metavar="YAML", default=[],
                    help="parameters as a YAML mapping")
     g.add_argument("-f", "--parameters-file", action="append", type=Path, metavar="FILE", default=[],
                    help="parameters from a YAML file holding a mapping")
     e = p.add_argument_group("execution")
-    e.add_argument("--kernel", default="python3", help="kernel name (default: python3; '' = the notebook's)")
+    e.add_argument("--kernel", default="python3", help="kernel name (default: python3; '': the notebook's, "
+                   "else one for its language)")
     e.add_argument("--cwd", type=Path, default=None, help="the kernel's working directory (default: this one)")
     e.add_argument("--cell-timeout", type=float, default=None, metavar="S", help="seconds one cell may run")
     e.add_argument("--timeout", type=float, default=None, metavar="S",
@@ -256,13 +289,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--no-report-mode", dest="report_mode", action="store_false",
                    help="show code inputs in the output (default hides them, like --report-mode)")
     e.add_argument("--log", type=Path, default=None, metavar="FILE",
-                   help="papermill log, also echoed to stderr (default: papermill.log beside OUTPUT)")
+                   help="papermill log, also echoed to stderr (default: papermill.log in --record-dir, "
+                   "else <name>.papermill.log beside OUTPUT <name>_output.ipynb)")
     e.add_argument("--log-level", default="DEBUG", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     e.add_argument("--no-progress-bar", dest="progress_bar", action="store_false")
     e.add_argument("--prepare-only", action="store_true",
                    help="write the prepared notebook to OUTPUT and exit without starting a kernel")
     e.add_argument("--pass-env", action="append", default=[], metavar="NAME",
-                   help="give the kernel this variable although its name looks like a secret")
+                   help="give the kernel this variable although its name looks like a secret (repeat for more)")
     _guard.add_arguments(p)
 
 
@@ -270,7 +304,8 @@ def _call(args: argparse.Namespace) -> ExecuteResult:
     return execute_notebook(
         args.input, args.output, parameters=parameters_from_args(args),
         kernel=args.kernel or None, cwd=args.cwd, cell_timeout=args.cell_timeout,
-        timeout=args.timeout, report_mode=args.report_mode, log_path=args.log,
+        timeout=args.timeout, report_mode=args.report_mode,
+        log_path=args.log or (ArtifactDir(args.record_dir).papermill_log if args.record_dir else None),
         log_level=args.log_level, progress_bar=args.progress_bar and log.format != "json",
         guard=_guard.options_from_args(args), pass_env=args.pass_env,
         prepare_only=args.prepare_only,
@@ -281,6 +316,9 @@ STEP = Step(
     name="execute", description="Execute a notebook with papermill; every failure has its exit code.",
     add_arguments=add_arguments, call=_call, details=ExecuteResult.details, stdout=lambda result: result.output,
     record_dir=lambda a: a.record_dir or Path(a.output).parent,
+    # --record-dir is this notebook's own dir (gpuflow run, Tekton); the output's
+    # folder may hold several notebooks, so there the record is named after it
+    record_notebook=lambda a: None if a.record_dir else notebook_name(a.output),
 )
 
 

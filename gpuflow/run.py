@@ -198,20 +198,19 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
     if not cfg.notebooks:
         raise errors.ConfigError("no notebooks: set `notebooks` or pass --notebooks")
     found: dict[Path, str] = {}
-    for pattern in cfg.notebooks:
+    for given in cfg.notebooks:
+        pattern = _inside(repo_dir, given)
         if any(ch in pattern for ch in "*?["):
             contained(repo_dir, pattern.replace("*", "x").replace("?", "x").replace("[", "x"))
             # each match checked too: a symlink the glob found may point out of the repo
             matches = sorted(contained(repo_dir, p.relative_to(repo_dir)) for p in repo_dir.glob(pattern)
                              if p.is_file())
             if not matches:
-                raise errors.InputError(f"notebook pattern {pattern!r} matches nothing in {repo_dir}")
+                raise errors.InputError(f"notebook pattern {given!r} matches nothing in {repo_dir}")
         else:
-            matches = [contained(repo_dir, pattern)]
+            matches = [contained(repo_dir, _inside(repo_dir, pattern))]
             if not matches[0].is_file():
-                hint = ("; the bundled example ships with a source checkout only: pass --repo and --notebooks"
-                        if repo_dir == cfgmod.PROJECT_ROOT else "")
-                raise errors.InputError(f"notebook {pattern!r} not found in {repo_dir}{hint}")
+                raise errors.InputError(f"notebook {pattern!r} not found in {repo_dir}")
         for path in matches:
             found.setdefault(path, path.relative_to(repo_dir).as_posix())
     jobs, names = [], set()
@@ -223,6 +222,18 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
         names.add(name)
         jobs.append(NotebookJob(notebook=path, rel=rel, stem=path.stem, name=name, dir=run_dir / name))
     return jobs
+
+
+def _inside(repo_dir: Path, pattern: str) -> str:
+    """A notebook path or glob relative to the repo: `./x.ipynb` and absolute
+    paths inside the repo are what a person types; outside it, one line."""
+    if not Path(pattern).is_absolute():
+        return Path(pattern).as_posix()
+    for base in (repo_dir, repo_dir.resolve()):
+        rel = os.path.relpath(pattern, base)
+        if not rel.startswith(".."):
+            return Path(rel).as_posix()
+    raise errors.InputError(f"notebook {pattern!r} is outside the notebook repo {repo_dir}")
 
 
 def new_run_dir(out: Path) -> Path:
@@ -288,15 +299,17 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | 
                               saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}",
                               trust_repo=args.trust_repo_config)
 
-    # the file where the runner stands is the runner's own, unless it lies in
-    # the notebook repo: named without it, or named by it (`repo = "."`)
-    runner_file = args.config
-    if runner_file is None:
-        here = cfgmod.find_config(Path.cwd())
-        if here is not None and not _in_repo(here, resolve().config, repo_dir) \
-                and not _in_repo(here, resolve(config_file=here).config, repo_dir):
+    # The file where the runner stands is the runner's own, unless it lies in
+    # the notebook repo (named without it, or by it: your own folder of
+    # notebooks is the repo); then it is the repo's, and limited as such.
+    runner_file, repo_file = args.config, None
+    here = cfgmod.find_config(Path.cwd()) if runner_file is None else None
+    if here is not None:
+        if _in_repo(here, resolve().config, repo_dir) or _in_repo(here, resolve(config_file=here).config, repo_dir):
+            repo_file = here
+        else:
             runner_file = here
-    first = resolve(config_file=runner_file)
+    first = resolve(config_file=runner_file, repo_file=repo_file)
     if repo_dir is None and first.config.repo_is_local:
         repo_dir = Path(first.config.repo).expanduser()
     if repo_dir is None:

@@ -31,6 +31,12 @@ class RepoResult:
     copied: bool
     duration_s: float
 
+    def __str__(self) -> str:
+        return f"{self.source} -> {self.path}" + (f" ({self.commit[:12]})" if self.commit else "")
+
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
+
 
 @dataclass(frozen=True, kw_only=True)
 class StageResult:

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,8 @@ def _first_line(error: str | None) -> str | None:
 
 def _steps(out: ArtifactDir, records: list[record.StepRecord]) -> tuple[list[StepRow], list[str]]:
     rows = [StepRow(name=r.name, status=r.status, exit_code=r.exit_code, duration_s=r.duration_s,
-                    error=_first_line(r.error)) for r in records]
+                    error=_first_line(r.error),
+                    note=r.view(record.SkipDetails).reason if r.status == "skipped" else None) for r in records]
     seen = {r.name for r in records}
     missing = [name for name in EXPECTED_STEPS if name not in seen]
     rows += [StepRow(name=name, status="skipped", exit_code=None, duration_s=None,
@@ -189,25 +191,45 @@ def append_step_summary(markdown: str) -> None:
             fh.write(markdown + "\n")
 
 
+def notebook_dirs(run_dir: Path, notebooks: Sequence[str] | None = None) -> tuple[list[ArtifactDir], list[str]]:
+    """The per-notebook dirs of `run_dir` that have step records, and the
+    names in `notebooks` that have none. With `notebooks`, only those dirs:
+    a reused workspace keeps other runs' dirs, which must not count."""
+    dirs = RunDir(run_dir).notebook_dirs()
+    if notebooks is None:
+        return dirs, []
+    wanted = dict.fromkeys(notebooks)
+    return [d for d in dirs if d.path.name in wanted], [n for n in wanted if n not in {d.path.name for d in dirs}]
+
+
 def write_run_summary(run_dir: Path, *, title: str | None = None, pipeline_status: str | None = None,
-                      schedule: Schedule | None = None) -> RunSummary:
-    """Summarise each per-notebook dir of `run_dir`, then the run as a whole:
-    a table of notebooks with their status and links, and, from `gpuflow run`,
-    its `schedule`. The run's Markdown, then each notebook's, goes to
-    $GITHUB_STEP_SUMMARY once."""
+                      schedule: Schedule | None = None, notebooks: Sequence[str] | None = None) -> RunSummary:
+    """Summarise each per-notebook dir of `run_dir` (only those named in
+    `notebooks`, when given), then the run as a whole: a table of notebooks
+    with their status and links, and, from `gpuflow run`, its `schedule`.
+    The run's Markdown, then each notebook's, goes to $GITHUB_STEP_SUMMARY once."""
     from gpuflow.report import render
 
     run = RunDir(run_dir)
     # no run dir at all (the clone failed before any notebook ran) is a failed run, not a crash
+    dirs, absent = notebook_dirs(run_dir, notebooks)
     parts, markdowns = [], []
-    for d in run.notebook_dirs():
+    for d in dirs:
         part = build_summary(d.path)
         markdowns.append(_write(d, part))
         parts.append((d.path.name, part))
-    code = errors.worst([s.exit_code for _, s in parts]) if parts else errors.StepFailed.exit_code
+    # a notebook of this run that left no records failed, whatever the others did
+    codes = [s.exit_code for _, s in parts] + [errors.StepFailed.exit_code] * bool(absent)
+    code = errors.worst(codes) if codes else errors.StepFailed.exit_code
     steps = [StepRow(name=name, status=s.status, exit_code=s.exit_code, duration_s=None,
                      error=next((r.error for r in s.steps if r.error), None)) for name, s in parts]
-    missing = [] if parts else ["no per-notebook dirs with step records"]
+    missing = [f"{name}: no step records (the notebook never ran)" for name in absent]
+    missing += [] if parts else ["no per-notebook dirs with step records"]
+    if schedule is not None:
+        # `gpuflow run` knows how it ended (a usage error before any notebook,
+        # a SIGTERM, a failed run-level step): its exit code is the summary's
+        code = schedule.exit_code
+        missing = [] if (schedule.error or schedule.stopped) and not parts else missing
     if pipeline_failed(pipeline_status) and code == 0:
         # a task died without leaving a record (OOM kill, eviction): the
         # pipeline's own verdict must still fail the summary
@@ -222,6 +244,20 @@ def write_run_summary(run_dir: Path, *, title: str | None = None, pipeline_statu
     atomic_write_text(run.index_html, render.run_page(summary))
     append_step_summary("\n".join([markdown, *markdowns]))
     return summary
+
+
+def export(run: RunDir, dest: Path, dirs: Sequence[ArtifactDir]) -> None:
+    """Copy the run's summaries and the notebook dirs `dirs` to `dest`, storage
+    that outlives the run (Tekton's per-run claim is deleted when it ends)."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in run.summary_outputs:
+            if path.is_file():
+                shutil.copyfile(path, dest / path.name)
+        for d in dirs:
+            shutil.copytree(d.path, dest / d.path.name, dirs_exist_ok=True, copy_function=shutil.copyfile)
+    except (OSError, shutil.Error) as exc:
+        raise errors.InfraError(f"exporting the reports to {dest} failed: {exc}") from None
 
 
 def write_results(results_dir: Path, summary: Summary, summary_path: Path) -> None:
@@ -241,16 +277,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Tekton's $(tasks.status): 'Failed' fails the summary even if no record says why")
     p.add_argument("--exit-code", action="store_true",
                    help="exit with the summarised status (default: 0 once the summary is written)")
+    p.add_argument("--notebooks", nargs="*", default=None, metavar="STEM",
+                   help="with --run: summarise only these notebooks' dirs (STEM + --suffix); one without records fails")
+    p.add_argument("--suffix", default="", help="with --notebooks: the artifact suffix of the dirs, e.g. _lite")
+    p.add_argument("--export-dir", default=None, metavar="DIR",
+                   help="with --run: then copy the summaries and notebook dirs to DIR (empty: no export)")
 
 
 def _call(args: argparse.Namespace) -> Summary:
     summary: Summary
+    notebooks = None if args.notebooks is None else [f"{stem}{args.suffix}" for stem in args.notebooks]
     if args.run:
-        summary = write_run_summary(args.artifact_dir, title=args.title, pipeline_status=args.pipeline_status)
+        summary = write_run_summary(args.artifact_dir, title=args.title, pipeline_status=args.pipeline_status,
+                                    notebooks=notebooks)
     else:
         summary = write_summary(args.artifact_dir, title=args.title)
     if args.results_dir is not None:
         write_results(args.results_dir, summary, ArtifactDir(args.artifact_dir).summary_json)
+    if args.run and args.export_dir:  # Tekton passes "" for an unbound optional workspace
+        export(RunDir(args.artifact_dir), Path(args.export_dir), notebook_dirs(args.artifact_dir, notebooks)[0])
     log.info(str(summary))
     print(ArtifactDir(args.artifact_dir).index_html)
     return summary

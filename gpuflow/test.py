@@ -4,7 +4,9 @@ counts.
 
 Environment, in order:
 1. `python=` given: that interpreter, as it is.
-2. `install=False`: the current interpreter.
+2. `install=False`: the current interpreter, which must already satisfy the
+   repo's requirements*.txt (`missing test dependency X; bake it into the
+   image` otherwise: the Tekton Pipeline runs without network to install).
 3. A Poetry project and `poetry` on PATH: `poetry install --no-root`, then
    the interpreter of Poetry's env (what `poetry run` would use).
 4. The current interpreter when it already satisfies the repo's
@@ -25,7 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -104,9 +106,10 @@ def _requirement_files(repo_dir: Path) -> list[Path]:
     return [repo_dir / n for n in REQUIREMENT_FILES if (repo_dir / n).is_file()]
 
 
-def satisfied(requirement_files: Sequence[Path]) -> bool:
-    """Whether the current interpreter already has every listed requirement.
-    Anything we cannot judge (options, URLs, editable) counts as unsatisfied."""
+def _judged(requirement_files: Sequence[Path]) -> Iterator[tuple[str, bool | None]]:
+    """Each requirement line and whether the current interpreter satisfies it;
+    None for a line that is no plain requirement (an option, URL or editable
+    install), which cannot be judged."""
     from importlib import metadata
 
     from packaging.requirements import InvalidRequirement, Requirement
@@ -119,16 +122,27 @@ def satisfied(requirement_files: Sequence[Path]) -> bool:
             try:
                 req = Requirement(line)
             except InvalidRequirement:
-                return False
+                yield line, None
+                continue
             if req.marker is not None and not req.marker.evaluate():
                 continue
             try:
                 version = metadata.version(req.name)
             except metadata.PackageNotFoundError:
-                return False
-            if not req.specifier.contains(version, prereleases=True):
-                return False
-    return True
+                yield line, False
+                continue
+            yield line, req.specifier.contains(version, prereleases=True)
+
+
+def satisfied(requirement_files: Sequence[Path]) -> bool:
+    """Whether the current interpreter already has every listed requirement.
+    Anything we cannot judge (options, URLs, editable) counts as unsatisfied."""
+    return all(ok for _, ok in _judged(requirement_files))
+
+
+def unmet(requirement_files: Sequence[Path]) -> list[str]:
+    """The listed requirements the current interpreter certainly lacks."""
+    return [line for line, ok in _judged(requirement_files) if ok is False]
 
 
 def _install(cmd: list[str], cwd: Path | None = None) -> None:
@@ -169,6 +183,10 @@ def _missing_plugins(python: str) -> list[str]:
 def python_for(repo_dir: Path, *, install: bool = True, python: str | None = None) -> str:
     """The interpreter to run `repo_dir`'s tests with, installing what is needed."""
     repo_dir = Path(repo_dir)
+    if python is None and not install:
+        missing = unmet(_requirement_files(repo_dir))
+        if missing:
+            raise errors.ConfigError(f"missing test dependency {', '.join(missing)}; bake it into the image")
     if python is not None or not install:
         return python or sys.executable
     if _is_poetry(repo_dir) and proc.which("poetry"):
@@ -215,13 +233,14 @@ def _plugin_env(plugin_dir: Path, plugins: dict[str, str], base: dict[str, str] 
 
 def run_tests(
     repo_dir: Path, *, marker: str, out_dir: Path, install: bool = True, python: str | None = None,
-    gate: Path | None = None, pass_env: Sequence[str] = (),
+    gate: Path | None = None, echo: Callable[[str], None] | None = None, pass_env: Sequence[str] = (),
 ) -> TestResult:
     """Run the repo's pytest; the result carries the counts from its JUnit XML.
     Test failures do not raise: call `raise_for_status()` for that.
 
     With `gate`, pytest starts now and waits before collection until the file
-    `gate` says "go" (`gpuflow run` starts it while the notebook executes)."""
+    `gate` says "go" (`gpuflow run` starts it while the notebook executes).
+    `echo` gets pytest's output lines (default: the console as they come)."""
     repo_dir, out_dir = Path(repo_dir), Path(out_dir).resolve()
     if not repo_dir.is_dir():
         raise errors.InputError(f"{repo_dir}: no such test repo")
@@ -249,7 +268,7 @@ def run_tests(
             def on_line(line: str) -> None:
                 log_file.write(redact(line))  # redacted as stderr is: the log is uploaded
                 log_file.flush()
-                log.raw(line)
+                (echo or log.raw)(line)
 
             done = proc.call(cmd, cwd=repo_dir, check=False, env=env, on_line=on_line)
     _redact_reports(ArtifactDir(out_dir))

@@ -43,6 +43,13 @@ OUTPUT_SUFFIX = "_output"
 OUTPUT_HTML_GLOB = f"*{OUTPUT_SUFFIX}.html"
 
 
+def notebook_name(output: str | os.PathLike[str]) -> str:
+    """What a notebook's own files in a shared folder are named after: its
+    output notebook's name, without the `_output` suffix."""
+    stem = Path(output).stem
+    return stem[: -len(OUTPUT_SUFFIX)] if stem.endswith(OUTPUT_SUFFIX) and stem != OUTPUT_SUFFIX else stem
+
+
 @dataclass(frozen=True)
 class ArtifactDir:
     """One notebook's artifact dir (also the dir a step CLI writes into)."""
@@ -102,8 +109,14 @@ class ArtifactDir:
     def records(self) -> Path:
         return self.path / RECORD_DIR
 
-    def record(self, step: str) -> Path:
-        return self.records / f"{step}.json"
+    def record(self, step: str, notebook: str | None = None) -> Path:
+        """A step's record; `notebook` names it after its notebook, for a
+        folder that several notebooks' steps write into."""
+        return self.records / (f"{notebook}.{step}.json" if notebook else f"{step}.json")
+
+    def notebook_log(self, notebook: str) -> Path:
+        """The papermill log of one of several notebooks executed into this folder."""
+        return self.path / f"{notebook}.{PAPERMILL_LOG}"
 
     def record_intent(self, step: str) -> Path:
         """Where `--resume` notes a step's inputs before its CLI runs."""

@@ -19,8 +19,21 @@ from gpuflow.core import errors
 from gpuflow.core.log import FORMATS, log, redact
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, where there is one to show: an
+    option whose default is "not given" (None, False, empty) says nothing,
+    and one whose help already names its default is left as it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, [], (), "") or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False,
+                                formatter_class=HelpFormatter)
     g = p.add_argument_group("logging")
     g.add_argument(
         "--log-format", choices=FORMATS, default="auto",

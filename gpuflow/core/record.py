@@ -99,6 +99,13 @@ class ConvertDetails:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SkipDetails:
+    """Why a step was deliberately not run."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class ResumeDetails:
     """What `gpuflow run --resume` adds to a record to tell whether it can be kept."""
 
@@ -122,8 +129,8 @@ def finished(
     )
 
 
-def write(artifact_dir: str | os.PathLike[str], record: StepRecord) -> Path:
-    return atomic_write_text(ArtifactDir(artifact_dir).record(record.name), record.to_json())
+def write(artifact_dir: str | os.PathLike[str], record: StepRecord, notebook: str | None = None) -> Path:
+    return atomic_write_text(ArtifactDir(artifact_dir).record(record.name, notebook), record.to_json())
 
 
 def _load(path: Path) -> StepRecord | None:

@@ -59,6 +59,8 @@ class Step(Generic[R]):
     call: Callable[[argparse.Namespace], R] | None = None  # the library call, from parsed arguments
     stdout: Callable[[R], object] | None = None  # what the CLI prints for scripts (a path, a commit)
     record_dir: Callable[[argparse.Namespace], Path | None] = _record_dir_flag  # None: no record
+    # the notebook the record is named after, in a folder several notebooks share (None: steps/<step>.json)
+    record_notebook: Callable[[argparse.Namespace], str | None] = lambda args: None
     verdict: Callable[[argparse.Namespace, R], Verdict] = _passed
 
     @property
@@ -73,7 +75,7 @@ class Step(Generic[R]):
         if hasattr(sys.stdout, "reconfigure"):
             # keep our lines and child output in order in CI logs
             sys.stdout.reconfigure(line_buffering=True)
-        p = cli.parser(self.prog, self.description)
+        p = cli.parser(f"gpuflow {self.name}", self.description)  # usage as people type it
         self.add_arguments(p)
         try:
             args = p.parse_args(argv)
@@ -89,7 +91,8 @@ class Step(Generic[R]):
                     print(stdout(result))
             return result
 
-        ran = run(self, self.record_dir(args), cli_call, verdict=lambda result: self.verdict(args, result))
+        ran = run(self, self.record_dir(args), cli_call, verdict=lambda result: self.verdict(args, result),
+                  notebook=self.record_notebook(args))
         cli.report(ran.error, ran.failure, ran.exception)
         return ran.exit_code
 
@@ -138,7 +141,7 @@ class Ran(Generic[R]):
 
 def run(
     step: Step[R], directory: Path | None, call: Callable[[], R], *, resume: Resume | None = None,
-    verdict: Callable[[R], Verdict] | None = None,
+    verdict: Callable[[R], Verdict] | None = None, notebook: str | None = None,
 ) -> Ran[R]:
     """Run `call` as `step`, in this process; record it under `directory`
     (None: no record). Nothing it raises escapes: see `Ran.result`."""
@@ -159,7 +162,7 @@ def run(
     rec = record.finished(step.name, judged.exit_code, time.monotonic() - t0, error=judged.error, details=details,
                           started_at=started)
     if directory is not None:
-        _write(directory, rec)
+        _write(directory, rec, notebook)
         _stamp(step, directory, resume)
     return Ran(step=step.name, status=rec.status, exit_code=rec.exit_code, error=rec.error,
                record=rec if directory is not None else None, failure=failed, value=value, exception=raised)
@@ -221,9 +224,9 @@ def _stamp(step: Step[Any], directory: Path, resume: Resume | None) -> None:
         log.warning(f"could not note {step.name}'s inputs in {directory}: {exc}")
 
 
-def _write(directory: Path, rec: record.StepRecord) -> None:
+def _write(directory: Path, rec: record.StepRecord, notebook: str | None = None) -> None:
     try:
-        record.write(directory, rec)
+        record.write(directory, rec, notebook)
     except (OSError, errors.GpuflowError) as exc:
         # a full disk must not turn the step's own outcome into a crash
         log.warning(f"could not write step record in {directory}: {redact(str(exc))}")

@@ -37,11 +37,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - the pyproject pins tomli there
     import tomli as tomllib
 
-# The bundled example lives beside the package in a source checkout, which is
-# what `make run` uses; the defaults point at it so `gpuflow run` needs nothing.
+# The bundled demo: a notebook and the test repo that checks it. A source
+# checkout has them at its root (the source of truth, which `make run` uses);
+# a built wheel carries a copy under gpuflow/_demo/ with the same layout (the
+# build copies them, see setup.py), so `gpuflow run` with nothing else to go
+# on runs the demo either way.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGED_DEMO = Path(__file__).resolve().parents[1] / "_demo"
 BUNDLED_NOTEBOOK = "notebooks/scrna_preprocessing.ipynb"
-BUNDLED_TESTS = PROJECT_ROOT / "examples" / "notebook-tests"
+BUNDLED_TESTS_REL = "examples/notebook-tests"
 ENV_PREFIX = "GPUFLOW_"
 PROFILES = ("full", "lite")
 DATASET_KEYS = ("url", "dest", "sha256", "size")
@@ -59,12 +63,12 @@ OTHER_ENV = frozenset({"GPUFLOW_CACHE_DIR", "GPUFLOW_PYTEST_GATE", secrets.SECRE
 
 @dataclass(frozen=True, kw_only=True)
 class FlowConfig:
-    notebooks: tuple[str, ...] = (BUNDLED_NOTEBOOK,)
-    repo: str = str(PROJECT_ROOT)
+    notebooks: tuple[str, ...] = ()
+    repo: str = ""
     revision: str | None = None
     token_env: str | None = None
     datasets: tuple[dict[str, Any], ...] = ()
-    test_repo: str = str(BUNDLED_TESTS)
+    test_repo: str = ""
     marker: str = "single_cell"
     html_name: str = "{stem}{lite}_output.html"
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -111,14 +115,17 @@ class Option:
 
 
 OPTIONS: dict[str, Option] = {
-    "notebooks": Option("list", "notebook paths or globs inside the notebook repo"),
-    "repo": Option("str", "the notebook repo: a git URL or a local path (default: this checkout)"),
+    "notebooks": Option("list", "notebook paths or globs inside the notebook repo (relative, or absolute "
+                        "inside it); none anywhere: the bundled demo notebook and its tests"),
+    "repo": Option("str", "the notebook repo: a git URL or a local path (default: the directory of "
+                   "--config, else the current directory)"),
     "revision": Option("str", "branch, tag or commit of a git `repo`", optional=True),
     "token_env": Option("str", "environment variable holding a token for the git repos and the datasets "
                         "(never put a token in a URL or flag: argv is world-readable)", optional=True),
     "datasets": Option("datasets", "files to download before executing: {url, dest, sha256, size}; "
                        "dest is relative to the notebook repo", cli=False),
-    "test_repo": Option("str", "the test repo (URL or path) whose pytest checks the HTML; '' skips tests"),
+    "test_repo": Option("str", "the test repo (URL or path) whose pytest checks the HTML; "
+                        "none: the test step is skipped"),
     "marker": Option("str", "pytest -m expression for the test repo"),
     "html_name": Option("str", "name of the HTML staged into the test repo's input/; "
                         "placeholders {stem} {lite} {profile}"),
@@ -188,17 +195,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, opt in OPTIONS.items():
         if not opt.cli:
             continue
+        text = opt.help + _default_text(name)
         if name == "parameters":
             g.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append",
-                           metavar=("NAME", "VALUE"), help=opt.help + "; VALUE is read as YAML")
+                           metavar=("NAME", "VALUE"), help=opt.help + " (repeat for more); VALUE is read as YAML")
+        elif name == "pass_env":  # one NAME per flag, repeated, as `gpuflow execute` takes it
+            g.add_argument(flag_name(name), action="append", default=None, metavar="NAME",
+                           help=opt.help + " (repeat for more)")
         elif opt.kind == "bool":
-            g.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None,
-                           help=opt.help)
+            g.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=text)
         elif opt.kind == "list":
-            g.add_argument(flag_name(name), nargs="+", default=None, help=opt.help)
+            g.add_argument(flag_name(name), nargs="+", default=None, help=text)
         else:
             g.add_argument(flag_name(name), type=_CLI_TYPES[opt.kind], default=None,
-                           choices=opt.choices or None, help=opt.help)
+                           choices=opt.choices or None, help=text)
+
+
+def _default_text(name: str) -> str:
+    # the flags' own defaults are None (so a flag left out is told from one
+    # given); --help shows the built-in value instead
+    value = getattr(DEFAULTS, name)
+    if value in (None, "", (), {}) or isinstance(value, bool):
+        return ""
+    return f" (default: {str(value).replace('%', '%%')})"
 
 
 def cli_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,7 +266,31 @@ def resolve(
         for name, value in values.items():
             merged[name] = _validate(name, value, _where(label, name))
             sources[name] = _where(label, name)
+    _default_repo(merged, sources, config_file)
     return Resolved(config=_build(merged), sources=sources, ignored=ignored)
+
+
+def demo_root() -> Path:
+    """Where the bundled demo is: the wheel's copy, else the source checkout."""
+    return PACKAGED_DEMO if (PACKAGED_DEMO / BUNDLED_NOTEBOOK).is_file() else PROJECT_ROOT
+
+
+def _default_repo(merged: dict[str, Any], sources: dict[str, str], config_file: Path | None) -> None:
+    """No notebooks named anywhere: the bundled demo, with its own tests. Your
+    own notebooks: they live where you stand (or beside the config file in
+    use), and no test repo was named for them, so none judges them."""
+    if not merged["notebooks"]:
+        root = demo_root()
+        merged["notebooks"] = (BUNDLED_NOTEBOOK,)
+        sources["notebooks"] = "default (bundled demo)"
+        if not merged["repo"]:
+            merged["repo"], sources["repo"] = str(root), "default (bundled demo)"
+        if sources["test_repo"] == "default":
+            merged["test_repo"], sources["test_repo"] = str(root / BUNDLED_TESTS_REL), "default (bundled demo)"
+    elif not merged["repo"]:
+        here = config_file.resolve().parent if config_file is not None else Path.cwd()
+        merged["repo"] = str(here)
+        sources["repo"] = f"default (the directory of {config_file})" if config_file else "default (current directory)"
 
 
 def read_toml(path: Path) -> dict[str, Any]:

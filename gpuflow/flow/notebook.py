@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gpuflow.core import artifacts, errors, proc, record
+from gpuflow.core import artifacts, errors, proc, record, tables
 from gpuflow.core import step as harness
 from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text
@@ -31,6 +31,7 @@ from gpuflow.flow.schedule import Slot
 if TYPE_CHECKING:
     from gpuflow.stage import RepoResult
 
+NO_TEST_REPO = "no test repo"
 KERNEL_START_TRIES = 2  # execute retries once in-process; this one is a fresh process, fresh ports
 
 
@@ -79,6 +80,7 @@ class NotebookResult:
     notebook: str
     slot: str
     steps: dict[str, record.Status]
+    notes: dict[str, str]  # why a step was skipped
     codes: dict[str, int]
     exit_code: int
     failed_step: str | None
@@ -90,10 +92,14 @@ class NotebookResult:
             return f"{self.name}: success in {self.duration_s:.1f}s"
         return f"{self.name}: {self.failed_step} failed ({self.exit_code}): {self.error or ''}".rstrip()
 
+    def _repr_html_(self) -> str:
+        return tables.dataclass_table(self)
+
 
 def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     """Every step for one notebook, each through the step harness; reporting
     steps run after a failure too."""
+    from gpuflow.stage import STEP as STAGE
     from gpuflow.test import STEP as TEST
 
     t0 = time.monotonic()
@@ -116,6 +122,10 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
         if job.output.exists() and not flow.stop.is_set():
             note(_convert(job, cache, flow.config.sanitize_html))
         failed = any(r.exit_code != 0 for r in ran.values())
+        if flow.test_base is None and not flow.stop.is_set():
+            # nothing was named to judge these notebooks: the run is execute and convert
+            for step in (STAGE, TEST):
+                note(harness.skipped(step, job.dir, NO_TEST_REPO))
         if early is not None and copy is not None and not flow.stop.is_set():
             if failed and flow.config.skip_tests_on_failure:
                 note(harness.skipped(TEST, job.dir, "--skip-tests-on-failure"))
@@ -133,6 +143,8 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     failed_step = next((r for r in bad if r.exit_code == worst), None)
     return NotebookResult(
         name=job.name, notebook=job.rel, slot=slot.name, steps={s: r.status for s, r in ran.items()},
+        notes={s: r.record.view(record.SkipDetails).reason or "" for s, r in ran.items()
+               if r.status == "skipped" and r.record is not None},
         codes={s: r.exit_code for s, r in ran.items()}, exit_code=worst,
         failed_step=failed_step.step if failed_step else None, error=failed_step.error if failed_step else None,
         duration_s=round(time.monotonic() - t0, 3),
@@ -258,8 +270,11 @@ class EarlyTests:
     gate: Path
     out_dir: Path
     future: Future[Any]
+    lines: HeldLines
 
     def release(self, verdict: str) -> None:
+        if verdict == "go":
+            self.lines.let_go()
         if not self.gate.exists():
             atomic_write_text(self.gate, verdict)
 
@@ -272,19 +287,50 @@ class EarlyTests:
             pass
 
 
+class HeldLines:
+    """A notebook's early pytest output, each line under the notebook's name
+    (parallel notebooks interleave): held until its tests are let go, and
+    dropped when they never are, so a kept or skipped test step prints
+    nothing. The reports' scratch paths read as the artifact dir they move to."""
+
+    def __init__(self, name: str, scratch: Path, final: Path) -> None:
+        self.name, self.scratch, self.final = name, str(scratch), str(final)
+        self.held: list[str] = []
+        self.live = False
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            if self.live:
+                self._print(line)
+            else:
+                self.held.append(line)
+
+    def let_go(self) -> None:
+        with self.lock:
+            self.live = True
+            for line in self.held:
+                self._print(line)
+            self.held.clear()
+
+    def _print(self, line: str) -> None:
+        log.raw(f"[{self.name}] {line.replace(self.scratch, self.final)}")
+
+
 def start_tests(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> EarlyTests:
     from gpuflow.test import run_tests
 
     gate, out_dir = RunDir(flow.run_dir).pytest_gate(job.name), RunDir(flow.run_dir).pytest_scratch(job.name).path
     gate.unlink(missing_ok=True)
+    lines = HeldLines(job.name, out_dir.resolve(), job.dir.resolve())
 
     def tests() -> Any:
         repo = copy.result().path
         base = flow.test_base.result()  # type: ignore[union-attr]
         return run_tests(repo, marker=flow.config.marker, out_dir=out_dir, install=False,
-                         python=base.python, gate=gate, pass_env=flow.config.pass_env)
+                         python=base.python, gate=gate, echo=lines, pass_env=flow.config.pass_env)
 
-    return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests))
+    return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests), lines=lines)
 
 
 def _test(flow: Flow, job: NotebookJob, cache: StepCache, early: EarlyTests) -> harness.Ran[Any]:

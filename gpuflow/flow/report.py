@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core import cli, errors, record
+from gpuflow.core import cli, errors, record, tables
 from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
@@ -32,6 +32,12 @@ class RunResult:
     def __str__(self) -> str:
         bad = [n for n in self.notebooks if n.exit_code != 0]
         return f"{len(self.notebooks) - len(bad)} of {len(self.notebooks)} notebooks passed"
+
+    def _repr_html_(self) -> str:
+        rows = [(n.name, n.exit_code, ", ".join(f"{k}: {v}" for k, v in n.steps.items()), n.error)
+                for n in self.notebooks]
+        return tables.table(rows, header=("notebook", "exit", "steps", "error"),
+                            caption=f"{self}; exit {self.exit_code}; {self.run_dir}")
 
 
 def slot_report(slots: list[Slot], pool: Any, makespan: float, results: list[NotebookResult],
@@ -95,11 +101,18 @@ def _with_summary(result: RunResult, status: record.Status, code: int) -> RunRes
 SHORT: dict[record.Status, str] = {"success": "ok", "failed": "failed", "skipped": "skipped", "kept": "kept"}
 
 
+def _status_word(n: NotebookResult, step: str) -> str:
+    if step not in n.steps:
+        return "-"
+    note = n.notes.get(step)
+    return f"{SHORT[n.steps[step]]} ({note})" if note else SHORT[n.steps[step]]
+
+
 def status_table(result: RunResult) -> str:
     steps = ("execute", "convert", "stage", "test", "summary")
     rows = [["notebook", *steps, "exit", "time"]]
     for n in result.notebooks:
-        rows.append([n.name, *(SHORT[n.steps[s]] if s in n.steps else "-" for s in steps), str(n.exit_code),
+        rows.append([n.name, *(_status_word(n, s) for s in steps), str(n.exit_code),
                      f"{n.duration_s:.1f}s"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows]

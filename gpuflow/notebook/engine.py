@@ -16,6 +16,7 @@ from typing import Any
 from gpuflow.core import errors
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.notebook import kernel as _kernel
+from gpuflow.notebook.nblog import FILE_ONLY
 
 STARTUP_TIMEOUT = 120.0  # seconds; generous: CI machines are busy and CUDA imports are slow
 IOPUB_TIMEOUT = 30  # seconds to wait for a finished cell's last output
@@ -72,11 +73,11 @@ def manager(nb: Any, output_path: Path, logger: Any, bar: Any) -> Any:
                 self.last_save_time = self.now()
 
         def cell_start(self, cell: Any, cell_index: int | None = None, **kwargs: Any) -> None:
-            logger.info(f"Executing Cell {(cell_index or 0) + 1:-<40}")
+            logger.info(f"Executing Cell {(cell_index or 0) + 1:-<40}", extra=FILE_ONLY)
             super().cell_start(cell, cell_index, **kwargs)
 
         def cell_complete(self, cell: Any, cell_index: int | None = None, **kwargs: Any) -> None:
-            logger.info(f"Ending Cell {(cell_index or 0) + 1:-<43}")
+            logger.info(f"Ending Cell {(cell_index or 0) + 1:-<43}", extra=FILE_ONLY)
             super().cell_complete(cell, cell_index, **kwargs)
 
     manager = Manager(nb, output_path=str(output_path), log_output=False, progress_bar=bar or False)

@@ -101,14 +101,24 @@ def shutdown(km: Any, *, interrupt: bool = False) -> None:
 
 def cancel_pending_tasks() -> None:
     """Cancel the polling tasks nbclient leaves behind when a cell is abandoned
-    (timeout, dead kernel): they would otherwise wake up in the next run."""
+    (timeout, dead kernel): they would otherwise wake up in the next run.
+
+    They live on the loop that `run_sync` gave nbclient: this thread's own
+    loop, or, inside a running Jupyter kernel (whose loop is busy running the
+    calling cell), jupyter_core's runner loop in a helper thread. Cancelling
+    through `run_sync` reaches the same loop either way and never touches the
+    kernel's own tasks.
+    """
     import asyncio
 
-    from jupyter_core.utils import ensure_event_loop
+    from jupyter_core.utils import run_sync
 
-    loop = ensure_event_loop()
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    async def cancel() -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    run_sync(cancel)()

@@ -1,6 +1,8 @@
 """The papermill log of one execution: to `--log FILE` and to stderr at once
 (what `2>&1 | tee papermill.log` did), redacted, one logger per run so that
-concurrent runs in threads do not mix their lines."""
+concurrent runs in threads do not mix their lines. The file gets every line
+at the chosen level; stderr only what a person reads (INFO and up, less the
+cell markers: FILE_ONLY)."""
 from __future__ import annotations
 
 import logging
@@ -32,6 +34,9 @@ class _Tee:
             sys.stderr.flush()
 
 
+FILE_ONLY = {"console": False}  # `extra=` for a line that belongs in the file alone
+
+
 class _Handler(logging.Handler):
     def __init__(self, fh: IO[str]) -> None:
         super().__init__()
@@ -44,7 +49,10 @@ class _Handler(logging.Handler):
             text = str(record.msg)
         self.fh.write(redact(text.rstrip("\n")) + "\n")
         self.fh.flush()
-        log.raw(text)
+        # the console gets the cells' own output, warnings and progress; the
+        # bookkeeping (cell markers, kernel message dumps) stays in the file
+        if record.levelno >= logging.INFO and getattr(record, "console", True):
+            log.raw(text)
 
 
 @contextmanager

@@ -21,17 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from gpuflow.core.errors import InputError
+from gpuflow.core.log import log
 
 GUARD_TAG = "gpuflow-guard"
 # papermill's tag for its error banner cells; gpuflow's banners use it too, so
 # papermill and gpuflow both strip stale banners of an earlier run
 ERROR_MARKER_TAG = "papermill-error-cell-tag"
 
-# Calls that end the kernel process under papermill. `sys.exit` is not here:
-# IPython catches SystemExit and the kernel lives on.
-_SHUTDOWN_ATTRS = {"do_shutdown", "ask_exit", "_exit"}
+# Calls that ask the kernel to shut down, which the blueprints end with. `sys.exit`
+# is not here: IPython catches SystemExit and the kernel lives on. Nor is
+# `os._exit`: a notebook that ends its own process means it, and that is a
+# dead kernel (exit 137), as papermill reports it.
+_SHUTDOWN_ATTRS = {"do_shutdown", "ask_exit"}
 _SHUTDOWN_NAMES = {"exit", "quit"}
-_SHUTDOWN_LINE = re.compile(r"^(?:[\w.()]+\.(?:do_shutdown|ask_exit)\(.*\)|os\._exit\(.*\)|(?:exit|quit)\(\))\s*(?:#.*)?$")
+_SHUTDOWN_LINE = re.compile(r"^(?:[\w.()]+\.(?:do_shutdown|ask_exit)\(.*\)|(?:exit|quit)\(\))\s*(?:#.*)?$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,11 +89,46 @@ def load_notebook(path: Path) -> Any:
         if major < 4:
             nb = nbformat.convert(nb, 4)
         nb = nbformat.v4.upgrade(nb)  # 4.x -> 4.5: cell ids, which papermill expects
-        nbformat.validate(nb)
+        _validate(nbformat, nb, path)
+    except InputError:
+        raise
     except Exception as exc:  # nbformat raises ValidationError, KeyError, ValueError...
         raise InputError(f"{path} is not a valid notebook: {_first_line(exc)}") from None
     nb.metadata.setdefault("gpuflow", {})["input_nbformat"] = major
     return nb
+
+
+def _validate(nbformat: Any, nb: Any, path: Path) -> None:
+    """Refuse what cannot run (a cell without its source); warn, as nbclient
+    does, about notebook metadata that is off the schema but harmless, such
+    as a kernelspec with a language and no name."""
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        where = list(getattr(exc, "relative_path", None) or getattr(exc, "path", None) or [])
+        if not where or where[0] != "metadata":
+            raise InputError(f"{path} is not a valid notebook: {_first_line(exc)}") from None
+        log.warning(f"{path}: notebook metadata off the schema, running it anyway "
+                    f"({'.'.join(map(str, where))}: {_first_line(exc)})")
+
+
+def kernel_name(nb: Any, given: str | None) -> str:
+    """The kernel to run: `given`, else the notebook's kernelspec name, else
+    an installed kernel for the notebook's language, else python3."""
+    if given:
+        return given
+    spec = nb.metadata.get("kernelspec") or {}
+    if spec.get("name"):
+        return str(spec["name"])
+    language = spec.get("language") or (nb.metadata.get("language_info") or {}).get("name")
+    if language:
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        specs = KernelSpecManager().get_all_specs()
+        found = sorted(name for name, s in specs.items() if s.get("spec", {}).get("language") == language)
+        if found:
+            return "python3" if "python3" in found else found[0]
+    return "python3"
 
 
 def _read_json(path: Path) -> dict[str, Any]:

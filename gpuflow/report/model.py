@@ -20,6 +20,12 @@ class StepRow:
     exit_code: int | None
     duration_s: float | None
     error: str | None  # the first line, without terminal colours
+    note: str | None = None  # why a skipped step was skipped ("no test repo")
+
+    @property
+    def shown(self) -> str:
+        """The status as people read it: "skipped (no test repo)"."""
+        return f"{self.status} ({self.note})" if self.note else self.status
 
 
 @dataclass(frozen=True, kw_only=True)

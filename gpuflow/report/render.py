@@ -2,13 +2,15 @@
 page: inline CSS and SVG, no scripts, no fonts, no network requests."""
 from __future__ import annotations
 
+import fnmatch
 import html
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from gpuflow.core import artifacts, tables
 from gpuflow.core.artifacts import ArtifactDir
-from gpuflow.report.model import RunSummary, Schedule, Summary
+from gpuflow.report.model import RunSummary, Schedule, StepRow, Summary
 
 ICON = {"success": "✅", "failed": "❌", "skipped": "⏩"}
 TEST_ROWS = (("passed", "✅ Passed"), ("failed", "❌ Failed"), ("skipped", "⏩ Skipped"),
@@ -59,7 +61,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]
 
 def _step_rows(summary: Summary, icons: bool = True) -> list[tuple[Any, ...]]:
     # no emoji in index.html: a headless or minimal system may lack the font
-    return [(f"{ICON.get(s.status, '')} {s.status}" if icons else s.status, s.name, s.exit_code,
+    return [(f"{ICON.get(s.status, '')} {s.shown}" if icons else s.shown, s.name, s.exit_code,
              None if s.duration_s is None else f"{s.duration_s:.1f}s", s.error) for s in summary.steps]
 
 
@@ -69,7 +71,8 @@ def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     if nb is not None:
         rows += [("Cells", f"{executed} of {nb.cells} executed" if nb.cells is not None else None),
-                 ("Failing cell (index from 0)", nb.failed_cell), ("Notebook error", nb.error),
+                 ("Failing cell", None if nb.failed_cell is None else f"cell {nb.failed_cell + 1}"),
+                 ("Notebook error", nb.error),
                  ("Notebook duration", f"{nb.duration_s:.1f}s" if nb.duration_s is not None else None)]
     if gpu is None:
         rows.append(("GPU", "none recorded"))
@@ -102,11 +105,55 @@ def markdown(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+RUN_STEPS = ("execute", "convert", "stage", "test")
+RUN_HEADER = ("Status", "Notebook", "Exit", *RUN_STEPS, "Tests", "Reason")
+
+
+def _run_rows(summary: RunSummary) -> list[tuple[str, Summary, list[Any]]]:
+    """Per notebook: each step's status and duration, its test counts, and why it failed (one line)."""
+    out = []
+    for name, s in summary.notebooks:
+        by_name = {row.name: row for row in s.steps}
+        cells: list[Any] = []
+        for step in RUN_STEPS:
+            row = by_name.get(step)
+            took = "" if row is None or row.duration_s is None or row.status == "skipped" else f" {row.duration_s:.1f}s"
+            cells.append(None if row is None else row.shown + took)
+        out.append((name, s, [*cells, _tests_cell(s, by_name.get("test")), _reason(s)]))
+    return out
+
+
+def _tests_cell(s: Summary, test: StepRow | None) -> str | None:
+    counts = s.counts
+    if counts is not None:
+        return f"{counts.passed} passed, {counts.failed + counts.errors} failed"
+    if s.tests is not None:
+        return "unreadable JUnit XML"
+    return test.shown if test is not None and test.status == "skipped" else None
+
+
+def _reason(s: Summary) -> str | None:
+    """The first failed step's line, without the path it points to (the Files column links it)."""
+    if s.status == "success":
+        return None
+    line = next((row.error for row in s.steps if row.error and row.status == "failed"),
+                next((row.error for row in s.steps if row.error), None))
+    return re.sub(r" \(see [^()]*\)$", "", line) if line else None
+
+
+def _run_reason(summary: RunSummary) -> str | None:
+    sched = summary.schedule
+    return (sched.error or sched.stopped) if sched is not None else None
+
+
 def run_markdown(summary: RunSummary) -> str:
     lines = [f"## {ICON[summary.status]} {_md(summary.title)}: {summary.status.upper()} (exit {summary.exit_code})",
              ""]
-    rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *_test_cells(s)) for name, s in summary.notebooks]
-    lines += _md_table(("Status", "Notebook", "Exit", "Passed", "Failed"), rows)
+    reason = _run_reason(summary)
+    if reason:
+        lines += [f"**Reason:** {_md(reason)}", ""]
+    rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *cells) for name, s, cells in _run_rows(summary)]
+    lines += _md_table(RUN_HEADER, rows)
     text = "\n".join(lines + [""] + [f"- ⚠️ {_md(m)}" for m in summary.missing])
     if summary.schedule is None:
         return text
@@ -125,12 +172,6 @@ def _slot_rows(schedule: Schedule) -> list[tuple[str, str, str, str]]:
     return [(name, ", ".join(slot.notebooks) or "-", f"{slot.busy_fraction:.0%}",
              "-" if slot.gpu_utilisation_mean is None else f"{slot.gpu_utilisation_mean:.0f}%")
             for name, slot in schedule.slots.items()]
-
-
-def _test_cells(s: Summary) -> tuple[Any, Any]:
-    if s.counts is None:
-        return None, None if s.tests is None else 0  # unreadable JUnit XML: nothing passed
-    return s.counts.passed, s.counts.failed + s.counts.errors
 
 
 def memory_chart(series: Sequence[tuple[float, float]], width: int = 600, height: int = 160) -> str:
@@ -189,14 +230,39 @@ def page(summary: Summary, artifact_dir: ArtifactDir) -> str:
     return _document(summary.title, body)
 
 
+# what the run page links for each notebook, when its summary lists the file
+RUN_LINKS = (("notebook", artifacts.OUTPUT_HTML_GLOB), ("pytest report", artifacts.PYTEST_HTML),
+             ("papermill log", artifacts.PAPERMILL_LOG), ("pytest log", artifacts.PYTEST_LOG),
+             ("nbconvert log", artifacts.NBCONVERT_LOG), ("details", artifacts.INDEX_HTML))
+
+
+def _href(*parts: str) -> str:
+    # relative links only: the run dir is uploaded and opened from anywhere
+    return html.escape(tables.href(*parts), quote=True)
+
+
+def _run_links(name: str, s: Summary) -> str:
+    have = sorted({a.path for a in s.artifacts} | {artifacts.INDEX_HTML})
+    links = [f'<a href="{_href(name, *path.split("/"))}">{html.escape(label)}</a>'
+             for label, pattern in RUN_LINKS for path in have if fnmatch.fnmatch(path, pattern)]
+    return " · ".join(links)
+
+
 def run_page(summary: RunSummary) -> str:
-    rows = "".join(
-        f'<tr><td class="{s.status}">{s.status}</td><td><a href="{tables.href(name, artifacts.INDEX_HTML)}">'
-        f"{html.escape(name)}</a></td><td>{s.exit_code}</td>"
-        + "".join(f"<td>{tables.cell(v)}</td>" for v in _test_cells(s)) + "</tr>" for name, s in summary.notebooks)
-    table = ("<table><caption>Notebooks</caption><tr><th>Status</th><th>Notebook</th><th>Exit</th>"
-             f"<th>Passed</th><th>Failed</th></tr>{rows}</table>")
-    body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>', table]
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in (*RUN_HEADER, "Files"))
+    rows = []
+    for name, s, cells in _run_rows(summary):
+        rows.append(f'<tr><td class="{html.escape(s.status)}">{html.escape(s.status)}</td>'
+                    f'<td><a href="{_href(name, artifacts.INDEX_HTML)}">{html.escape(name)}</a></td>'
+                    f"<td>{tables.cell(s.exit_code)}</td>" + "".join(f"<td>{tables.cell(v)}</td>" for v in cells)
+                    + f"<td>{_run_links(name, s)}</td></tr>")
+    body = [f'<h1 class="{html.escape(summary.status)}">{html.escape(str(summary))}</h1>']
+    reason = _run_reason(summary)
+    if reason:
+        body.append(f"<p><strong>Reason:</strong> {html.escape(reason)}</p>")
+    body.append(f"<table><caption>Notebooks</caption><tr>{head}</tr>{''.join(rows)}</table>")
+    if summary.missing:
+        body.append("<ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in summary.missing) + "</ul>")
     if summary.schedule is not None:
         body.append(tables.table(_slot_rows(summary.schedule), header=SLOT_HEADER,
                                  caption=f"Schedule: {_makespan(summary.schedule)}"))

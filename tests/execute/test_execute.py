@@ -16,6 +16,7 @@ import pytest
 
 from gpuflow import execute
 from gpuflow.core import errors
+from gpuflow.core.artifacts import notebook_name
 from gpuflow.notebook import prepare
 from tests.execute.conftest import ROOT, MakeNotebook, last_line, read
 
@@ -27,7 +28,8 @@ def banners(nb: object) -> list[str]:
 
 
 def record(out: Path) -> dict:
-    return json.loads((out.parent / "steps" / "execute.json").read_text())
+    # named after the notebook: the output's folder may hold several notebooks
+    return json.loads((out.parent / "steps" / f"{notebook_name(out)}.execute.json").read_text())
 
 
 def test_success_with_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,10 +44,10 @@ def test_success_with_parameters(tmp_path: Path, capsys: pytest.CaptureFixture[s
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "HELLO name=ci\n" in text and "SQUARES [0, 1, 4, 9]\n" in text and "DONE hello_params\n" in text
     assert not banners(nb) and nb.metadata.papermill.parameters == {"name": "ci", "repeat": 3}
-    log_text = (out.parent / "papermill.log").read_text()
+    log_text = (out.parent / f"{notebook_name(out)}.papermill.log").read_text()
     assert "Executing Cell 1---" in log_text and "HELLO name=ci" in log_text
     assert "HELLO name=ci" in err  # tee: the log is on stderr too
-    assert record(out)["exit_code"] == 0 and record(out)["details"]["executed_cells"] == 5
+    assert record(out)["exit_code"] == 0 and record(out)["details"]["executed_cells"] == 4  # the notebook's own 4 cells
 
 
 def test_cell_error_is_exit_1_with_papermill_banner(
@@ -55,7 +57,7 @@ def test_cell_error_is_exit_1_with_papermill_banner(
     out = tmp_path / "err" / "out.ipynb"
     assert execute.main([str(src), str(out), "--no-progress-bar"]) == 1
     err = capsys.readouterr().err
-    assert last_line(err) == f"gpuflow.execute: cell 1 (In [2]) raised KeyError: 'pca' (see {out})"
+    assert last_line(err) == f"gpuflow.execute: cell 2 (In [2]) raised KeyError: 'pca' (see {out})"
     assert "Traceback" not in err.split("Ending Cell 2")[-1]
     nb = read(out)
     assert "An Exception was encountered" in nb.cells[0].source and "papermill-error-cell" in nb.cells[2].source
@@ -66,8 +68,8 @@ def test_cell_error_is_exit_1_with_papermill_banner(
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [(["--cell-timeout", "1.5"], "cell 1 (In [2]) timed out after 1.5s"),
-     (["--timeout", "3", "--cell-timeout", "30"], "notebook timed out after 3s in cell 1 (In [2])")],
+    [(["--cell-timeout", "1.5"], "cell 2 (In [2]) timed out after 1.5s"),
+     (["--timeout", "3", "--cell-timeout", "30"], "notebook timed out after 3s in cell 2 (In [2])")],
     ids=["cell", "notebook"],
 )
 def test_timeouts_are_exit_124_with_a_banner(
@@ -93,7 +95,7 @@ def test_kernel_death_is_exit_137_and_never_hangs(
     assert execute.main([str(src), str(out), "--no-progress-bar"]) == 137
     line = last_line(capsys.readouterr().err)
     # "(In [2])" only when the kernel announced the cell before it died
-    assert re.fullmatch(rf"gpuflow.execute: kernel died in cell 1( \(In \[2\]\))?: killed by SIGKILL "
+    assert re.fullmatch(rf"gpuflow.execute: kernel died in cell 2( \(In \[2\]\))?: killed by SIGKILL "
                         rf"\(out of memory\?\) \(see {re.escape(str(out))}\)", line), line
     nb = read(out)
     assert "the kernel died: killed by SIGKILL" in banners(nb)[0]
@@ -113,7 +115,7 @@ def _sigterm_when_running(pidfile: Path, target: int, sig: int = signal.SIGTERM)
 
 
 def _terminated_line(line: str, out: Path, how: str = "terminated by SIGTERM") -> bool:
-    pattern = rf"gpuflow.execute: {how} in cell 1( \(In \[2\]\))? \(see {re.escape(str(out))}\)"
+    pattern = rf"gpuflow.execute: {how} in cell 2( \(In \[2\]\))? \(see {re.escape(str(out))}\)"
     return re.fullmatch(pattern, line) is not None
 
 
@@ -179,7 +181,7 @@ def test_library_raises_after_saving(make_notebook: MakeNotebook, tmp_path: Path
         execute.execute_notebook(src, tmp_path / "lib" / "out.ipynb", progress_bar=False, log_level="WARNING")
     result = info.value.result  # type: ignore[attr-defined]
     assert (result.status, result.exit_code, result.failed_cell) == ("failed", 1, 0)
-    assert result.output.exists() and info.value.details["error"].startswith("cell 0 (In [1]) raised ValueError")  # type: ignore[attr-defined]
+    assert result.output.exists() and info.value.details["error"].startswith("cell 1 (In [1]) raised ValueError")  # type: ignore[attr-defined]
 
 
 def test_concurrent_runs_in_threads_keep_their_own_env(make_notebook: MakeNotebook, tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_a_kernel_that_dies_starting_is_retried_once(
     out = tmp_path / "retry" / "out.ipynb"
     assert execute.main([str(make_notebook("print('ran')")), str(out), "--kernel", "flaky",
                          "--no-progress-bar", "--log-level", "INFO"]) == 0
-    assert "did not start" in capsys.readouterr().err and "retrying once" in (out.parent / "papermill.log").read_text()
+    assert "did not start" in capsys.readouterr().err and "retrying once" in (out.parent / "out.papermill.log").read_text()
     assert read(out).cells[0].outputs[0].text == "ran\n"
 
 

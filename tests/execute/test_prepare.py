@@ -55,7 +55,7 @@ def test_bad_input_is_exit_2_with_one_line(
     assert err.count("\n") == 1 and err.startswith("gpuflow.execute: ") and message in err
     assert "Traceback" not in err
     assert not (tmp_path / "out" / "out.ipynb").exists()
-    record = json.loads((tmp_path / "out" / "steps" / "execute.json").read_text())
+    record = json.loads((tmp_path / "out" / "steps" / "out.execute.json").read_text())
     assert record["exit_code"] == 2 and message in record["error"]
 
 
@@ -125,11 +125,13 @@ def test_prepare_only_strips_shutdown_and_keeps_the_input(
 
 
 def test_shutdown_forms(tmp_path: Path) -> None:
-    keep, gone = "import os\nos.kill(os.getpid(), 9)", "import os\nos._exit(0)"
-    nb = prepare.load_notebook(build_notebook(tmp_path / "n.ipynb", keep, gone, "quit()", "if False:\n    exit()"))
+    # os._exit ends the process on purpose: kept, and a dead kernel if it runs
+    keep, exits = "import os\nos.kill(os.getpid(), 9)", "import os\nos._exit(0)"
+    gone = "import IPython\nIPython.Application.instance().kernel.do_shutdown(True)"
+    nb = prepare.load_notebook(build_notebook(tmp_path / "n.ipynb", keep, exits, gone, "quit()", "if False:\n    exit()"))
     report = prepare.prepare(nb)
-    assert report.removed_cells == (1, 2)
-    assert [c.source for c in nb.cells] == [keep, "if False:\n    exit()"]
+    assert report.removed_cells == (2, 3)
+    assert [c.source for c in nb.cells] == [keep, exits, "if False:\n    exit()"]
 
 
 def test_corpus_blueprints_lose_their_shutdown_cell(corpus: Path) -> None:

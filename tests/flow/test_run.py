@@ -194,7 +194,8 @@ def test_embedded_default_runs_the_bundled_notebook_and_suite(tmp_path: Path, mo
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     from gpuflow.flow import config
 
-    if not (config.PROJECT_ROOT / config.BUNDLED_NOTEBOOK).is_file() or not config.BUNDLED_TESTS.is_dir():
+    root = config.demo_root()
+    if not (root / config.BUNDLED_NOTEBOOK).is_file() or not (root / config.BUNDLED_TESTS_REL).is_dir():
         pytest.skip("the bundled notebook or test suite is not merged yet")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -308,13 +309,15 @@ def test_execute_process_killed_is_recorded_and_reported(tmp_path: Path, test_re
     assert (run_dir / "nb" / "summary.json").is_file()
 
 
-def _gate_processes() -> list[str]:
+def _gate_processes(under: Path) -> list[str]:
+    """Waiting pytests started for a run under `under` (their report paths lie
+    there): other runs on the same machine are not this test's business."""
     import psutil
 
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "gpuflow_pytest_gate" in cmd:
+        if "gpuflow_pytest_gate" in cmd and str(under) in cmd:
             found.append(cmd)
     return found
 
@@ -335,7 +338,7 @@ def test_early_pytest_is_let_go_or_ended_never_left_behind(tmp_path: Path, test_
     assert json.loads((run_dir / "good" / "steps" / "test.json").read_text())["exit_code"] == 0
     assert not (run_dir / "bad" / "pytest_results.xml").exists()
     assert json.loads((run_dir / "bad" / "steps" / "test.json").read_text())["status"] == "skipped"
-    assert _gate_processes() == []
+    assert _gate_processes(tmp_path) == []
 
 
 def test_gate_plugin_holds_pytest_until_go(tmp_path: Path) -> None:

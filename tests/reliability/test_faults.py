@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gpuflow.core.artifacts import notebook_name
 from gpuflow.run import main as run_main
 from tests.flow.test_run import OK, base_args, notebook, only_run, run_json
 
@@ -42,7 +43,7 @@ def test_kernel_hitting_rlimit_as_is_a_memory_error_cell(tmp_path: Path) -> None
     assert "MemoryError" in done.stderr
     saved = out.read_text()
     assert "MemoryError" in saved and "never reached" in saved  # the source, never its output
-    assert json.loads((out.parent / "steps" / "execute.json").read_text())["exit_code"] == 1
+    assert json.loads((out.parent / "steps" / f"{notebook_name(out)}.execute.json").read_text())["exit_code"] == 1
 
 
 def test_sigterm_to_run_leaves_no_kernel_and_writes_summaries(tmp_path: Path, test_repo: Path,

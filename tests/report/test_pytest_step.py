@@ -91,6 +91,18 @@ def test_current_interpreter_used_when_requirements_are_met(tmp_path: Path) -> N
     assert not testrun.satisfied([repo / "requirements.txt"])
 
 
+def test_no_install_names_a_missing_requirement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without installing, a requirement the interpreter lacks is one line, not an ImportError in pytest."""
+    repo = repo_with(tmp_path, {"test_ok.py": "import pytest\n@pytest.mark.single_cell\ndef test_ok(): pass\n",
+                                "requirements.txt": "pytest>=7\n-e ./vendored\nsurely-not-installed-pkg-xyz==1.0\n"})
+    out = tmp_path / "out"
+    assert testrun.main([str(repo), "--marker", "single_cell", "--out-dir", str(out), "--no-install"]) == 2
+    err = capsys.readouterr().err
+    assert "missing test dependency surely-not-installed-pkg-xyz==1.0; bake it into the image" in err
+    assert "vendored" not in err and "Traceback" not in err  # an editable line cannot be judged, so it is not blamed
+    assert testrun.unmet([repo / "requirements.txt"]) == ["surely-not-installed-pkg-xyz==1.0"]
+
+
 @pytest.mark.parametrize("fail", [False, True])
 def test_bundled_suite_on_staged_html(tmp_path: Path, suite_copy: Path, fail: bool) -> None:
     nb = executed_notebook(tmp_path / "scrna_preprocessing_output.ipynb", fail=fail)

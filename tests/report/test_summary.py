@@ -87,7 +87,7 @@ def test_a_failed_step_makes_the_summary_fail(art: Path) -> None:
     step = data["steps"][0]
     assert step["status"] == "failed" and step["error"] == "gpuflow.execute: cell 7: ValueError: boom"
     md = (art / "STEP_SUMMARY.md").read_text()
-    assert "FAILED (exit 1)" in md and "| Failing cell (index from 0) | 7 |" in md and "\x1b" not in md
+    assert "FAILED (exit 1)" in md and "| Failing cell | cell 8 |" in md and "\x1b" not in md
     assert summary.main([str(art), "--exit-code"]) == 1
 
 
@@ -175,6 +175,25 @@ def test_run_summary_aggregates_notebooks(art: Path, tmp_path: Path, monkeypatch
     assert "| ❌ failed | other_notebook | 137 |" in (run_dir / "STEP_SUMMARY.md").read_text()
     text = gh.read_text()
     assert text.index("other_notebook | 137") < text.index("## ✅ scrna_preprocessing: SUCCESS")
+
+
+def test_run_summary_scoped_to_named_notebooks_and_exported(art: Path, tmp_path: Path) -> None:
+    """A reused run dir keeps another run's notebook: --notebooks leaves it out,
+    a named notebook without records fails the run, --export-dir copies the reports."""
+    run_dir = art.parent
+    record.write(run_dir / "older_run_notebook", record.StepRecord(
+        name="execute", status="failed", exit_code=1, duration_s=1.0))
+    out = tmp_path / "lasting" / "run-1"
+    assert summary.main([str(run_dir), "--run", "--exit-code", "--notebooks", "scrna", "--suffix", "_preprocessing",
+                         "--export-dir", str(out)]) == 0
+    data = json.loads((run_dir / "summary.json").read_text())
+    assert data["status"] == "success" and set(data["notebooks"]) == {"scrna_preprocessing"}
+    assert (out / "summary.json").read_text() == (run_dir / "summary.json").read_text()
+    assert (out / "scrna_preprocessing" / "pytest_results.xml").is_file() and not (out / "older_run_notebook").exists()
+    assert summary.main([str(run_dir), "--run", "--exit-code", "--notebooks", "scrna_preprocessing", "never_ran",
+                         "--export-dir", ""]) == 1
+    data = json.loads((run_dir / "summary.json").read_text())
+    assert "never_ran: no step records (the notebook never ran)" in data["missing"]
 
 
 class _Links(HTMLParser):

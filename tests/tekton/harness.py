@@ -21,6 +21,8 @@ entrypoints/ on PATH), securityContext and resource requests.
   message), no trailing newline needed;
 - Pipelines: graph order from runAfter and result references, `when`
   (in/notin) skipping only the guarded task, matrix fan-out (cartesian),
+  optional workspaces left unbound, `$(context.pipelineRun.name)` in a
+  pipeline task's workspace subPath,
   stop scheduling after a failure, then `finally` with `$(tasks.status)` and
   `$(tasks.<t>.status)`; pipeline results from `$(tasks|finally...)`.
 """
@@ -254,7 +256,9 @@ class Harness:
         combos = [dict(zip([m[0] for m in matrix], combo, strict=False)) for combo in itertools.product(*[m[1] for m in matrix])]
         bound = {}
         for ws in pt.get("workspaces") or []:
-            path = Path(workspaces[ws["workspace"]]) / ws.get("subPath", "")
+            if ws["workspace"] not in workspaces:
+                continue  # an optional workspace the run left unbound; run_task refuses a required one
+            path = Path(workspaces[ws["workspace"]]) / substitute(ws.get("subPath", ""), variables)
             path.mkdir(parents=True, exist_ok=True)
             bound[ws["name"]] = path
         timeout = _seconds(pt.get("timeout"))

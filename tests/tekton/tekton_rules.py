@@ -32,6 +32,9 @@ SHELL_VAR = re.compile(r"\$\{?[A-Za-z_]\w*\}?")
 GPU = "nvidia.com/gpu"
 UID = 1001  # `rapids` in the RAPIDS image; `ubuntu` is 1000
 ROOT_STEPS = {("gpuflow-init-workspace", "chown")}  # the one documented root step
+# A run's storage mode: "parallel" is written for `coschedule: disabled`, where
+# no affinity assistant runs and a TaskRun may bind several claims.
+STORAGE_MODE = "gpuflow/storage-mode"
 MAX_MATRIX = 256
 MAX_RESULTS = 8  # several tiny strings; the 4096-byte budget is checked at run time too
 
@@ -96,7 +99,8 @@ class Manifests:
 
 def load(root: Path) -> Manifests:
     docs = []
-    for path in sorted(root.rglob("*.yaml")):
+    # kustomization.yaml tells kubectl what to apply; it is not an object on the cluster
+    for path in sorted(p for p in root.rglob("*.yaml") if p.name != "kustomization.yaml"):
         docs += [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
     return Manifests(docs)
 
@@ -349,11 +353,12 @@ def required_params_supplied(m: Manifests) -> list[str]:
 
 def one_pvc_per_task(m: Manifests) -> list[str]:
     """Tekton's affinity assistant fails a TaskRun that binds two PVC-backed
-    workspaces: "more than one PersistentVolumeClaim is bound"."""
+    workspaces: "more than one PersistentVolumeClaim is bound". Runs written
+    for `coschedule: disabled` have no affinity assistant."""
     errors = []
     for run in m.runs:
         pipeline = m.resolve_pipeline(run) if run.get("kind") == "PipelineRun" else None
-        if pipeline is None:
+        if pipeline is None or ((run.get("metadata") or {}).get("annotations") or {}).get(STORAGE_MODE) == "parallel":
             continue
         pvc_backed = {w.get("name"): (w.get("persistentVolumeClaim") or {}).get("claimName") or w.get("name")
                       for w in (run.get("spec") or {}).get("workspaces") or []

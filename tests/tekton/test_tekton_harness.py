@@ -213,3 +213,16 @@ def test_download_task_uses_the_cache(tmp_path: Path, pristine: rules.Manifests)
     bad = _harness(tmp_path, pristine).run_task(task, {**params, "download-args": ["--sha256", "0" * 64]},
                                                 {"data": data, "cache": cache})
     assert bad.status == "Failed"
+
+
+def test_workspace_check_names_the_fix(tmp_path: Path, pristine: rules.Manifests) -> None:
+    """Without root the Pipeline only checks the workspace, and says what to change."""
+    task = pristine.tasks["gpuflow-check-workspace"]["spec"]
+    writable = tmp_path / "ws"
+    writable.mkdir()
+    assert _harness(tmp_path, pristine).run_task(task, {}, {"shared": writable}).status == "Succeeded"
+    blocked = tmp_path / "a-file"  # not writable even by root, who runs these tests in CI containers
+    blocked.write_text("x")
+    run = _harness(tmp_path, pristine).run_task(task, {}, {"shared": blocked})
+    assert run.status == "Failed" and run.steps[0].exit_code == 2, run.log()
+    assert "fsGroup" in run.log() and "anonuid" in run.log() and "Traceback" not in run.log()

@@ -1,10 +1,13 @@
 """The shipped Pipeline, run end to end by the harness: a local git repo of
 notebooks, the bundled test suite (examples/notebook-tests) as the test repo,
-matrix over notebooks, summary in finally."""
+matrix over notebooks, summary in finally. Every run uses the Pipeline's
+default params with the package indexes blocked and a `poetry` that refuses
+to run, as on a GPU node without network: nothing may install at run time."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +26,9 @@ pytestmark = [
 ]
 SUITE = ROOT / "examples" / "notebook-tests"
 SECRETS = {("github-token", "token"): "not-a-real-token"}
+BLOCKED_INDEXES = {"PIP_NO_INDEX": "1", "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                   "POETRY_REPOSITORIES_PYPI_URL": "http://127.0.0.1:9/simple", "UV_OFFLINE": "1"}
+REFUSE = "#!/bin/sh\necho \"$0 was called at run time\" >&2\nexit 97\n"
 
 
 def _notebook(*, fail: bool = False) -> str:
@@ -41,22 +47,37 @@ def _notebook(*, fail: bool = False) -> str:
     return nbformat.writes(nb)
 
 
-def _repos(tmp_path: Path, notebooks: dict[str, str]) -> tuple[str, str]:
+def _repos(tmp_path: Path, notebooks: dict[str, str], requirements: str = "") -> tuple[str, str]:
     make_git_repo(tmp_path / "notebooks-repo", {f"notebooks/{n}.ipynb": text for n, text in notebooks.items()})
     shutil.copytree(SUITE, tmp_path / "suite", ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    with open(tmp_path / "suite" / "requirements.txt", "a", encoding="utf-8") as fh:
+        fh.write(requirements)
     make_git_repo(tmp_path / "suite", {})
     return (tmp_path / "notebooks-repo").as_uri(), (tmp_path / "suite").as_uri()
 
 
-def _run(tmp_path: Path, manifests: rules.Manifests, notebooks: dict[str, str],
-         **extra: object) -> tuple[PipelineRun, Path]:
-    repo, tests = _repos(tmp_path, notebooks)
+def _offline(tmp_path: Path) -> dict[str, str]:
+    """No package index answers and `poetry` refuses, as on a GPU node without network."""
+    bin_dir = tmp_path / "refusing-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "poetry").write_text(REFUSE, encoding="utf-8")
+    (bin_dir / "poetry").chmod(0o755)
+    return {**BLOCKED_INDEXES, "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")])}
+
+
+def _run(tmp_path: Path, manifests: rules.Manifests, notebooks: dict[str, str], *, requirements: str = "",
+         bind: tuple[dict[str, object], ...] = (), **extra: object) -> tuple[PipelineRun, Path]:
+    """The full run with only what a local test must change: the repos, the
+    notebooks, no GPU required, short cell timeouts; everything else is the
+    Pipeline's defaults."""
+    repo, tests = _repos(tmp_path, notebooks, requirements)
     run_doc = next(d for d in manifests.runs if d["metadata"]["generateName"].startswith("gpuflow-scrna-full"))
     params = {p["name"]: p["value"] for p in run_doc["spec"]["params"]}
     params |= {"repo-url": repo, "revision": "", "tests-url": tests, "notebooks": list(notebooks),
-               "gpu": "auto", "cell-timeout": "300", "test-args": ["--no-install"], **extra}
+               "gpu": "auto", "cell-timeout": "300", **extra}
     run_doc["spec"]["params"] = [{"name": k, "value": v} for k, v in params.items()]
-    harness = Harness(manifests, tmp_path / "cluster", secrets=SECRETS)
+    run_doc["spec"]["workspaces"] += list(bind)
+    harness = Harness(manifests, tmp_path / "cluster", secrets=SECRETS, env=_offline(tmp_path))
     run = harness.run_pipelinerun(run_doc)
     return run, tmp_path / "cluster" / "volumes" / "shared"
 
@@ -66,7 +87,9 @@ def test_pipeline_runs_notebooks_end_to_end(tmp_path: Path, manifests: rules.Man
     dataset.write_text("42")
     run, ws = _run(tmp_path, manifests, {"tiny_a": _notebook(), "tiny_b": _notebook()},
                    **{"dataset-url": dataset.as_uri(), "dataset-path": "h5/cells.txt"})
-    assert run.status == "Succeeded", run.log()
+    # Completed, not Succeeded: the opt-in root task was skipped by its `when`
+    assert run.status == "Completed", run.log()
+    assert run.runs("init-workspace")[0].status == "None"
     assert run.runs("download")[0].status == "Succeeded"
     assert [r.status for r in run.runs("execute")] == ["Succeeded", "Succeeded"]
     assert run.results == {"status": "success"}
@@ -83,7 +106,7 @@ def test_pipeline_runs_notebooks_end_to_end(tmp_path: Path, manifests: rules.Man
         tests = json.loads((out / "summary.json").read_text())["tests"]
         assert tests["passed"] >= 3 and tests["failed"] == 0, tests
     whole = json.loads((ws / "out" / "summary.json").read_text())
-    assert whole["status"] == "success" and "Tekton tasks: Succeeded" in whole["title"]
+    assert whole["status"] == "success" and "Tekton tasks: Completed" in whole["title"]
     assert "filtered 42 cells" in (ws / "out" / "tiny_a" / "tiny_a_output.html").read_text()  # the dataset was read
     assert run.runs("clone-notebooks")[0].results["commit-sha"]
 
@@ -133,6 +156,55 @@ def test_failed_clone_still_gets_a_failed_summary(tmp_path: Path, manifests: rul
 
 
 def test_root_step_can_be_skipped(tmp_path: Path, manifests: rules.Manifests) -> None:
-    run, _ = _run(tmp_path, manifests, {"tiny": _notebook()}, **{"fix-ownership": "false", "revision": "nope"})
+    """Skipped by default, run when asked; the workspace check runs either way."""
+    run, _ = _run(tmp_path / "default", manifests, {"tiny": _notebook()}, **{"revision": "nope"})
     assert run.runs("init-workspace")[0].status == "None"
+    assert run.runs("check-workspace")[0].status == "Succeeded"
     assert run.runs("clone-notebooks")[0].status == "Failed"  # it still ran after the skipped init
+    run, _ = _run(tmp_path / "asked", manifests, {"tiny": _notebook()}, **{"fix-ownership": "true", "revision": "nope"})
+    assert [run.runs(t)[0].status for t in ("init-workspace", "check-workspace")] == ["Succeeded", "Succeeded"]
+
+
+def _never_installed(run: PipelineRun) -> None:
+    log = run.log()
+    assert "was called at run time" not in log and "pip install" not in log, log
+
+
+def test_default_params_install_nothing(tmp_path: Path, manifests: rules.Manifests) -> None:
+    run, ws = _run(tmp_path, manifests, {"tiny": _notebook()})
+    assert run.status == "Completed", run.log()
+    _never_installed(run)
+    tests = json.loads((ws / "out" / "tiny" / "summary.json").read_text())["tests"]
+    assert tests["passed"] >= 3 and tests["failed"] == 0
+
+
+def test_missing_test_dependency_is_one_line(tmp_path: Path, manifests: rules.Manifests) -> None:
+    run, _ = _run(tmp_path, manifests, {"tiny": _notebook()}, requirements="gpuflow-never-baked-dependency==1.0\n")
+    tested = run.runs("stage-and-test")[0]
+    assert tested.status == "Failed" and tested.steps[-1].exit_code == 2, run.log()
+    assert "missing test dependency gpuflow-never-baked-dependency==1.0; bake it into the image" in tested.log()
+    assert "Traceback" not in tested.log()
+    _never_installed(run)
+
+
+def test_reused_claim_is_summarised_for_this_run_and_reports_are_exported(
+        tmp_path: Path, manifests: rules.Manifests) -> None:
+    shared = tmp_path / "cluster" / "volumes" / "shared"
+    stale = shared / "out" / "old_notebook" / "steps"  # another run's notebook, which failed
+    stale.mkdir(parents=True)
+    (stale / "execute.json").write_text(json.dumps({"name": "execute", "status": "failed", "exit_code": 1,
+                                                     "duration_s": 1.0, "error": "an older run"}))
+    for day in ("01", "02", "03"):  # backups an older run's clone left
+        (shared / f"src_backup_202401{day}T000000Z").mkdir(parents=True)
+    (shared / "src").mkdir()
+    artifacts = {"name": "artifacts", "persistentVolumeClaim": {"claimName": "gpuflow-artifacts"}}
+    run, ws = _run(tmp_path, manifests, {"tiny": _notebook()}, bind=(artifacts,), **{"keep-backups": "1"})
+    assert run.status == "Completed", run.log()
+    whole = json.loads((ws / "out" / "summary.json").read_text())
+    assert whole["status"] == "success" and set(whole["notebooks"]) == {"tiny"}
+    assert len(list(ws.glob("src_backup_*"))) == 1
+    exported = tmp_path / "cluster" / "volumes" / "artifacts" / "harness-run"
+    for name in ("summary.json", "STEP_SUMMARY.md", "index.html", "tiny/tiny_output.html",
+                 "tiny/pytest_results.xml", "tiny/pytest_report.html", "tiny/summary.json"):
+        assert (exported / name).is_file(), name
+    assert not (exported / "old_notebook").exists()

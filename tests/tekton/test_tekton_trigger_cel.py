@@ -2,6 +2,9 @@
 payloads with cel-python (Triggers' `header.match` supplied here)."""
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,8 +33,17 @@ def _push(ref: str, message: str = "tidy", files: tuple[str, ...] = ()) -> dict[
             "commits": [{"added": [], "modified": list(files), "removed": []}]}
 
 
+REPO = {"full_name": "NVIDIA-AI-Blueprints/single-cell-analysis-blueprint"}
+PAYLOADS = Path(__file__).resolve().parent / "payloads"
+
+
 def _pr(base: str, title: str = "tidy") -> dict[str, Any]:
-    return {"action": "synchronize", "pull_request": {"base": {"ref": base}, "title": title, "head": {"sha": "beef"}}}
+    return {"action": "synchronize", "repository": REPO, "pull_request": {
+        "base": {"ref": base, "repo": REPO}, "title": title, "labels": [], "head": {"sha": "beef", "repo": REPO}}}
+
+
+def _payload(name: str) -> dict[str, Any]:
+    return json.loads((PAYLOADS / f"{name}.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize(("event", "body", "runs"), [
@@ -56,3 +68,38 @@ def test_revision_overlay(pristine: rules.Manifests) -> None:
     overlay = next(o for o in _params(pristine)["overlays"] if o["key"] == "revision")["expression"]
     assert _evaluate(overlay, "push", _push("refs/heads/main")) == "c0ffee"
     assert _evaluate(overlay, "pull_request", _pr("main")) == "beef"
+
+
+# Real-shaped payloads: who may run code on the GPUs, and events with holes in them.
+# The filter must answer true or false, never fail: Triggers drops an event
+# whose filter raises, with only a log line to say so.
+@pytest.mark.parametrize(("event", "name", "change", "runs"), [
+    ("pull_request", "pull_request_same_repo", {}, True),
+    ("pull_request", "pull_request_fork", {}, False),
+    ("pull_request", "pull_request_fork", {"title": "[gpu] please run me"}, False),
+    ("pull_request", "pull_request_fork_labelled", {}, True),
+    ("pull_request", "pull_request_fork_labelled", {"action": "synchronize"}, True),  # the label stays on
+    ("pull_request", "pull_request_fork_labelled", {"label": {"name": "documentation"}}, False),
+    ("pull_request", "pull_request_fork", {"head_repo": None}, False),  # the fork was deleted
+    ("push", "push_head_commit_null", {}, False),
+    ("push", "push_head_commit_null", {"ref": "refs/heads/main"}, True),
+])
+def test_filter_on_real_shaped_payloads(pristine: rules.Manifests, event: str, name: str,
+                                        change: dict[str, Any], runs: bool) -> None:
+    body = copy.deepcopy(_payload(name))
+    for key, value in change.items():
+        if key == "title":
+            body["pull_request"]["title"] = value
+        elif key == "head_repo":
+            body["pull_request"]["head"]["repo"] = value
+        else:
+            body[key] = value
+    result = _evaluate(_params(pristine)["filter"], event, body)
+    assert isinstance(result, celpy.celtypes.BoolType), result  # an answer, not an evaluation error
+    assert bool(result) is runs
+
+
+def test_overlay_on_a_fork_pull_request(pristine: rules.Manifests) -> None:
+    overlay = next(o for o in _params(pristine)["overlays"] if o["key"] == "revision")["expression"]
+    body = _payload("pull_request_fork_labelled")
+    assert _evaluate(overlay, "pull_request", body) == body["pull_request"]["head"]["sha"]
