@@ -58,7 +58,7 @@ REPO_KEYS = frozenset({"notebooks", "exclude", "parameters", "lite_parameters", 
 PATH_KEYS = ("repo", "test_repo", "out")
 # GPUFLOW_* variables that are not options but are read elsewhere.
 OTHER_ENV = frozenset({"GPUFLOW_CACHE_DIR", "GPUFLOW_PYTEST_GATE", secrets.SECRET_ENV, "GPUFLOW_GPU_OUT",
-                       "GPUFLOW_GPU_REPEATS", "GPUFLOW_UID"})
+                       "GPUFLOW_GPU_REPEATS", "GPUFLOW_UID", "GPUFLOW_GID"})
 
 
 @dataclass(frozen=True, kw_only=True)
