@@ -18,10 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gpuflow.core import artifacts, cli, errors, proc
+from gpuflow.core import artifacts, cli, errors, fsutil, proc
 from gpuflow.core import step as harness
 from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text, contained
@@ -30,9 +31,11 @@ from gpuflow.core.secrets import declare as declare_secret
 from gpuflow.core.step import Step, Verdict
 from gpuflow.flow import config as cfgmod
 from gpuflow.flow import report as run_report
-from gpuflow.flow.notebook import Flow, NotebookJob, NotebookResult, TestBase, run_notebook
+from gpuflow.flow import select, suite
+from gpuflow.flow.notebook import Flow, NotebookJob, NotebookResult, TestBase, run_notebook, skip_notebook
 from gpuflow.flow.report import RunResult
 from gpuflow.flow.schedule import Pool, Slot, slots_for
+from gpuflow.report.model import Packed
 
 R = TypeVar("R")
 # How long a run waits for the children of a crashed run on the same run dir
@@ -76,13 +79,15 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     codes: list[int] = []
     results: list[NotebookResult] = []
     slots: list[Slot] = []
+    packed: dict[str, Packed] = {}
     pool: Pool[NotebookJob, NotebookResult] | None = None
     stopped: errors.Stopped | None = None
     error: str | None = None
     t0 = time.monotonic()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-repo")
-    # one waiting pytest per notebook in flight (see flow.notebook.start_tests)
-    testers = ThreadPoolExecutor(max_workers=max(1, cfg.jobs, len(cfg.gpus.split(","))),
+    # one waiting pytest per notebook in flight (see flow.notebook.start_tests); packed, a GPU runs
+    # as many as fit in its memory, so the bound is generous (threads start only as they are needed)
+    testers = ThreadPoolExecutor(max_workers=max(1, cfg.jobs, len(cfg.gpus.split(",")), 64 if cfg.pack else 0),
                                  thread_name_prefix="early-tests")
     try:
         facts = _run_level(run_dir, PREFLIGHT, lambda: _preflight(cfg))
@@ -93,18 +98,22 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
             _save_config(run_dir, resolved)
         if cfg.datasets:
             _run_level(run_dir, DATASETS, lambda: _datasets(cfg, repo_dir))
-        jobs = expand_notebooks(cfg, repo_dir, run_dir)
+        slots = slots_for(suite.gpus_for(cfg, facts), cfg.jobs, facts.get("devices") or [])
+        jobs = suite.select_jobs(cfg, expand_notebooks(cfg, repo_dir, run_dir), facts, slots, repo_dir)
+        jobs, capacity = _packed(cfg, jobs, facts, slots)
+        skipped = {i: skip_notebook(job, Slot(name="-")) for i, job in enumerate(jobs) if job.skip is not None}
+        runnable = [i for i, job in enumerate(jobs) if job.skip is None]
         _warm_convert()
-        slots = slots_for(cfg.gpus, cfg.jobs, facts.get("devices") or [])
         test_base: Future[TestBase] | None = None
         if cfg.test_repo:
             test_base = executor.submit(_fetch_test_repo, cfg, run_dir)
         flow = Flow(config=cfg, run_dir=run_dir, resume=resume, repo=repo_dir, test_base=test_base,
                     background=executor, testers=testers)
         pool = Pool(slots=slots, work=lambda job, slot: run_notebook(flow, job, slot),
-                    failed=lambda r: r.exit_code != 0, fail_fast=cfg.fail_fast, stop=flow.stop)
+                    failed=lambda r: r.exit_code != 0, fail_fast=cfg.fail_fast, stop=flow.stop,
+                    claim=lambda job: suite.claim(job, slots), capacity=capacity, again=suite.again)
         t0 = time.monotonic()
-        pool.start(jobs)
+        pool.start([jobs[i] for i in runnable])
         try:
             while not pool.wait(0.2):
                 pass
@@ -115,8 +124,10 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
             flow.stop.set()
             proc.signal_all(signal.SIGINT if isinstance(stopped, errors.Interrupted) else signal.SIGTERM)
             pool.wait(timeout=60)
-        results = [pool.results[i] for i in sorted(pool.results)]
-        not_run = [job.name for i, job in enumerate(jobs) if i not in pool.results]
+        ran = {runnable[i]: r for i, r in pool.results.items()}
+        results = [{**ran, **skipped}[i] for i in sorted({**ran, **skipped})]
+        packed = suite.packed_report(jobs, results)
+        not_run = [job.name for i, job in enumerate(jobs) if i not in ran and i not in skipped]
         if not_run:
             log.warning(f"not run ({'stopped' if stopped else '--fail-fast'}): {', '.join(not_run)}")
     except errors.Stopped as exc:  # stopped before any notebook started
@@ -134,8 +145,25 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
     codes += [r.exit_code for r in results] + ([stopped.exit_code] if stopped else [])
     slot_report = run_report.slot_report(slots, pool, makespan, results, run_dir)
     result = RunResult(run_dir=run_dir, exit_code=errors.worst(codes), notebooks=results,
-                       makespan_s=makespan, slots=slot_report, index_html=None, stopped=stopped, error=error)
+                       makespan_s=makespan, slots=slot_report, index_html=None, stopped=stopped, error=error,
+                       packed=packed)
     return run_report.finish_run(result, cfg)
+
+
+def _packed(cfg: cfgmod.FlowConfig, jobs: list[NotebookJob], facts: Mapping[str, Any],
+            slots: list[Slot]) -> tuple[list[NotebookJob], dict[str, int]]:
+    """With --pack, each packable notebook's GPU and share, and each GPU's
+    capacity; without, the jobs as they are (one notebook per slot)."""
+    if not cfg.pack:
+        return jobs, {}
+    devices = suite.devices_of(facts, slots)
+    if not devices:
+        log.warning("--pack: the preflight recorded no GPU memory; one notebook per GPU")
+        return jobs, {}
+    jobs, groups = suite.plan_jobs(cfg, jobs, devices)
+    for group in groups:
+        log.info(f"--pack: GPU {group.gpu}: {', '.join(p.name for p in group.notebooks)}")
+    return jobs, {f"gpu{d.gpu}": d.capacity for d in devices}
 
 
 def _run_level(run_dir: Path, step: Step[R], call: Callable[[], R]) -> R:
@@ -209,10 +237,17 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
                 raise errors.InputError(f"notebook pattern {given!r} matches nothing in {repo_dir}")
         else:
             matches = [contained(repo_dir, _inside(repo_dir, pattern))]
+            if not matches[0].is_file() and not pattern.endswith(".ipynb"):
+                # a stem, as Tekton's Pipelines name notebooks: `01_intro` is `01_intro.ipynb`
+                matches = [contained(repo_dir, _inside(repo_dir, pattern + ".ipynb"))]
             if not matches[0].is_file():
                 raise errors.InputError(f"notebook {pattern!r} not found in {repo_dir}")
         for path in matches:
-            found.setdefault(path, path.relative_to(repo_dir).as_posix())
+            rel = path.relative_to(repo_dir).as_posix()
+            if not select.excluded(rel, cfg.exclude):
+                found.setdefault(path, rel)
+    if not found:
+        raise errors.InputError(f"every notebook named is excluded by `exclude` ({', '.join(cfg.exclude)})")
     jobs, names = [], set()
     suffix = "_lite" if cfg.lite else ""
     for path, rel in found.items():
@@ -279,10 +314,44 @@ def _save_config(run_dir: Path, resolved: cfgmod.Resolved) -> None:
     atomic_write_text(RunDir(run_dir).config_json, redact(json.dumps(data, indent=2)))
 
 
+def plan(resolved: cfgmod.Resolved, devices_spec: str | None = None) -> dict[str, Any]:
+    """`gpuflow run --plan`: the packing of the selected notebooks, one group
+    per GPU, without running them. With `devices_spec` (`2x80GiB`) it plans
+    for GPUs this machine does not have: Tekton's planning pod has none."""
+    import tempfile
+
+    from gpuflow.flow import pack
+
+    cfg = resolved.config
+    if devices_spec:
+        try:
+            devices = pack.parse_devices(devices_spec)
+        except ValueError as exc:
+            raise errors.UsageError(f"--plan-devices {exc}") from None
+        facts: dict[str, Any] = {"visible": True, "devices": [
+            {"index": int(d.gpu), "memory_mib": d.memory_bytes >> 20} for d in devices]}
+    else:
+        facts = _preflight(cfg)
+    with tempfile.TemporaryDirectory(prefix="gpuflow-plan-") as scratch:
+        repo_dir = _notebook_repo(cfg, Path(scratch), resume=False)
+        slots = slots_for(suite.gpus_for(replace(cfg, pack=True), facts), cfg.jobs, facts.get("devices") or [])
+        jobs = suite.select_jobs(cfg, expand_notebooks(cfg, repo_dir, Path(scratch)), facts, slots, repo_dir)
+        jobs, groups = suite.plan_jobs(cfg, jobs, suite.devices_of(facts, slots))
+        return suite.plan_json(jobs, groups)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     cfgmod.add_arguments(p)
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="rerun RUN_DIR: keep the steps whose inputs are unchanged, redo the rest")
+    p.add_argument("--plan", action="store_true",
+                   help="print how --pack would place the notebooks (JSON, one group per GPU), then exit")
+    p.add_argument("--plan-devices", default=None, metavar="SPEC",
+                   help="with --plan: the GPUs to plan for, e.g. 2x80GiB, on a machine without them "
+                        "(default: the GPUs the preflight sees)")
+    p.add_argument("--plan-results", type=Path, default=None, metavar="DIR",
+                   help="with --plan: write the Tekton result `groups` into DIR, a JSON array with one "
+                        "string per GPU: its notebooks, comma-separated (a Pipeline matrix takes it)")
 
 
 def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | None = None) -> cfgmod.Resolved:
@@ -331,6 +400,12 @@ def _call(args: argparse.Namespace) -> RunResult | None:
         declare_secret(resolved.config.token_env)
     if args.print_config:
         print(redact(resolved.render()))
+        return None
+    if args.plan or args.plan_devices or args.plan_results:
+        planned = plan(resolved, args.plan_devices)
+        if args.plan_results is not None:
+            fsutil.write_results(args.plan_results, {"groups": json.dumps(suite.matrix(planned))})
+        print(json.dumps(planned, indent=2))
         return None
     run_dir = args.resume.resolve() if args.resume else new_run_dir(Path(resolved.config.out)).resolve()
     log.info(f"run directory: {run_dir}")

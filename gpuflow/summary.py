@@ -22,6 +22,7 @@ from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text, sha256_file
 from gpuflow.core.log import log
 from gpuflow.core.step import Step, Verdict
+from gpuflow.report.findings import Findings, scan
 from gpuflow.report.junit import TestCounts, parse_junit
 from gpuflow.report.model import ArtifactFile, GpuFacts, RunSummary, Schedule, StepRow, Summary, TestsUnreadable
 
@@ -143,23 +144,50 @@ def pipeline_failed(status: str | None) -> bool:
     return (status or "").strip().lower() == "failed"
 
 
-def build_summary(artifact_dir: Path, *, title: str | None = None) -> Summary:
-    """Read the records and files of `artifact_dir` into a `Summary`."""
+def skip_reason(records: list[record.StepRecord]) -> str | None:
+    """Why the notebook was not run on purpose (its execute step is recorded
+    as skipped, by selection or unmet requirements), or None."""
+    rec = next((r for r in records if r.name == "execute"), None)
+    if rec is None or rec.status != "skipped":
+        return None
+    return rec.view(record.SkipDetails).reason or "skipped"
+
+
+def _findings(out: ArtifactDir, records: list[record.StepRecord]) -> Findings | None:
+    executed = next((r for r in records if r.name == "execute"), None)
+    output = executed.view(record.ExecuteDetails).output if executed is not None else None
+    return scan(_locate(output, out.path)) if output else None
+
+
+def build_summary(artifact_dir: Path, *, title: str | None = None, fail_on_warnings: bool = False) -> Summary:
+    """Read the records and files of `artifact_dir` into a `Summary`; with
+    `fail_on_warnings`, Python warnings in the outputs fail it (exit 1)."""
     artifact_dir = Path(artifact_dir)
     if not artifact_dir.is_dir():
         raise errors.InputError(f"{artifact_dir}: no such artifact dir")
     records = record.read_all(artifact_dir)
     out = ArtifactDir(artifact_dir)
-    steps, missing_records = _steps(out, records)
     files, missing_files = _artifacts(out, records)
+    skipped = skip_reason(records)
+    if skipped is not None:  # not run on purpose: no other step was expected to report
+        steps = [StepRow(name=r.name, status=r.status, exit_code=r.exit_code, duration_s=r.duration_s,
+                         error=skipped if r.name == "execute" else _first_line(r.error)) for r in records]
+        return Summary(title=title or artifact_dir.resolve().name, status="skipped", exit_code=0, steps=steps,
+                       tests=None, notebook=None, gpu=None, artifacts=files, skip_reason=skipped)
+    steps, missing_records = _steps(out, records)
     code = notebook_exit_code(records)
     # nothing failed but something never reported: that is not a success
     if code == 0 and (missing_records or not records):
         code = errors.StepFailed.exit_code
+    findings = _findings(out, records)
+    missing = missing_records + missing_files
+    if fail_on_warnings and findings is not None and findings.warnings and code == 0:
+        code = errors.StepFailed.exit_code
+        missing.append(f"{findings.warnings} Python warning(s) in the outputs (--fail-on-warnings)")
     return Summary(
         title=title or artifact_dir.resolve().name, status="success" if code == 0 else "failed",
         exit_code=code, steps=steps, tests=_tests(out), notebook=_notebook(records),
-        gpu=gpu_facts(out.telemetry), artifacts=files, missing=missing_records + missing_files,
+        gpu=gpu_facts(out.telemetry), artifacts=files, missing=missing, findings=findings,
     )
 
 
@@ -174,10 +202,11 @@ def _write(out: ArtifactDir, summary: Summary) -> str:
     return markdown
 
 
-def write_summary(artifact_dir: Path, *, title: str | None = None, append: bool = True) -> Summary:
+def write_summary(artifact_dir: Path, *, title: str | None = None, append: bool = True,
+                  fail_on_warnings: bool = False) -> Summary:
     """Write summary.json, STEP_SUMMARY.md and index.html into `artifact_dir`;
     append the Markdown to $GITHUB_STEP_SUMMARY when it is set (and `append`)."""
-    summary = build_summary(artifact_dir, title=title)
+    summary = build_summary(artifact_dir, title=title, fail_on_warnings=fail_on_warnings)
     markdown = _write(ArtifactDir(artifact_dir), summary)
     if append:
         append_step_summary(markdown)
@@ -203,11 +232,13 @@ def notebook_dirs(run_dir: Path, notebooks: Sequence[str] | None = None) -> tupl
 
 
 def write_run_summary(run_dir: Path, *, title: str | None = None, pipeline_status: str | None = None,
-                      schedule: Schedule | None = None, notebooks: Sequence[str] | None = None) -> RunSummary:
+                      schedule: Schedule | None = None, notebooks: Sequence[str] | None = None,
+                      fail_on_warnings: bool = False) -> RunSummary:
     """Summarise each per-notebook dir of `run_dir` (only those named in
     `notebooks`, when given), then the run as a whole: a table of notebooks
     with their status and links, and, from `gpuflow run`, its `schedule`.
-    The run's Markdown, then each notebook's, goes to $GITHUB_STEP_SUMMARY once."""
+    The run's Markdown, then each notebook's, goes to $GITHUB_STEP_SUMMARY once.
+    With `fail_on_warnings`, Python warnings in a notebook's outputs fail it."""
     from gpuflow.report import render
 
     run = RunDir(run_dir)
@@ -215,7 +246,7 @@ def write_run_summary(run_dir: Path, *, title: str | None = None, pipeline_statu
     dirs, absent = notebook_dirs(run_dir, notebooks)
     parts, markdowns = [], []
     for d in dirs:
-        part = build_summary(d.path)
+        part = build_summary(d.path, fail_on_warnings=fail_on_warnings)
         markdowns.append(_write(d, part))
         parts.append((d.path.name, part))
     # a notebook of this run that left no records failed, whatever the others did
@@ -235,8 +266,11 @@ def write_run_summary(run_dir: Path, *, title: str | None = None, pipeline_statu
         # pipeline's own verdict must still fail the summary
         code = errors.StepFailed.exit_code
         missing.append("the pipeline reported a failed task that left no step record")
-    summary = RunSummary(title=title or "gpuflow run", status="success" if code == 0 else "failed",
-                         exit_code=code, steps=steps, tests=None, notebook=None, gpu=None, artifacts=[],
+    every_skipped = bool(parts) and all(s.status == "skipped" for _, s in parts)
+    summary = RunSummary(title=title or "gpuflow run",
+                         status="failed" if code else "skipped" if every_skipped else "success",
+                         exit_code=code, skip_reason="every notebook was skipped" if every_skipped and not code else None,
+                         steps=steps, tests=None, notebook=None, gpu=None, artifacts=[],
                          missing=missing, notebooks=parts, schedule=schedule)
     markdown = render.run_markdown(summary)
     atomic_write_text(run.summary_json, summary.to_json())
@@ -275,6 +309,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", action="store_true", help="aggregate the per-notebook dirs of a run dir")
     p.add_argument("--pipeline-status", default=None,
                    help="Tekton's $(tasks.status): 'Failed' fails the summary even if no record says why")
+    p.add_argument("--fail-on-warnings", action="store_true",
+                   help="Python warnings in a notebook's outputs fail its summary (exit 1 with --exit-code)")
     p.add_argument("--exit-code", action="store_true",
                    help="exit with the summarised status (default: 0 once the summary is written)")
     p.add_argument("--notebooks", nargs="*", default=None, metavar="STEM",
@@ -289,9 +325,9 @@ def _call(args: argparse.Namespace) -> Summary:
     notebooks = None if args.notebooks is None else [f"{stem}{args.suffix}" for stem in args.notebooks]
     if args.run:
         summary = write_run_summary(args.artifact_dir, title=args.title, pipeline_status=args.pipeline_status,
-                                    notebooks=notebooks)
+                                    notebooks=notebooks, fail_on_warnings=args.fail_on_warnings)
     else:
-        summary = write_summary(args.artifact_dir, title=args.title)
+        summary = write_summary(args.artifact_dir, title=args.title, fail_on_warnings=args.fail_on_warnings)
     if args.results_dir is not None:
         write_results(args.results_dir, summary, ArtifactDir(args.artifact_dir).summary_json)
     if args.run and args.export_dir:  # Tekton passes "" for an unbound optional workspace

@@ -122,31 +122,56 @@ def original_reinitialize(rmm: Any) -> Any:
     return getattr(fn, "__gpuflow_original__", fn)
 
 
-def _apply(policy: str, rmm: Any, cupy: Any, size: int | None) -> None:
+def _apply(policy: str, rmm: Any, cupy: Any, size: int | None, cap: int | None = None) -> None:
     reinit = original_reinitialize(rmm)
     # pool OR managed, never both (rapids_singlecell's advice: fragmentation)
     if policy == "pool":
-        reinit(pool_allocator=True, managed_memory=False, initial_pool_size=size, devices=0)
+        kwargs: dict[str, Any] = {}
+        if cap is not None:
+            # RMM's default first pool (half the device) may exceed the cap: start at the cap at most
+            kwargs = {"initial_pool_size": min(size, cap) if size else cap, "maximum_pool_size": cap}
+        else:
+            kwargs = {"initial_pool_size": size}
+        reinit(pool_allocator=True, managed_memory=False, devices=0, **kwargs)
     elif policy == "managed":
         reinit(pool_allocator=False, managed_memory=True, devices=0)
     elif policy == "async":
         kwargs = {"initial_pool_size": size} if size else {}
-        rmm.mr.set_current_device_resource(rmm.mr.CudaAsyncMemoryResource(**kwargs))
+        resource = rmm.mr.CudaAsyncMemoryResource(**kwargs)
+        if cap is not None:
+            resource = rmm.mr.LimitingResourceAdaptor(resource, allocation_limit=cap)
+        rmm.mr.set_current_device_resource(resource)
     cupy.cuda.set_allocator(_rmm_allocator())
 
 
-def setup_rmm(policy: str = "pool", pool_size: str | int | None = None) -> dict[str, Any]:
+def cap_cupy_pool(cupy: Any, cap: int | None) -> bool:
+    """Limit CuPy's own memory pool (in use when RMM is not): past the cap,
+    CuPy raises OutOfMemoryError in this kernel, not in a neighbour's."""
+    if cap is None:
+        return False
+    try:
+        cupy.get_default_memory_pool().set_limit(size=cap)
+    except Exception:
+        return False
+    return True
+
+
+def setup_rmm(policy: str = "pool", pool_size: str | int | None = None,
+              max_pool_size: str | int | None = None) -> dict[str, Any]:
     """Set up RMM for CuPy in THIS process with one policy and guard later
     `rmm.reinitialize` calls; never raises for a missing or failing GPU.
 
     policy: auto (= pool) | pool | managed | async | off | notebook.
     pool_size: '80%', '20GiB' or bytes (pool/async initial size).
-    Returns what was done: policy, applied, pool_size, fallback, device.
+    max_pool_size: a cap on the pool (pool, async; CuPy's own pool when RMM
+    is not used); managed memory and the notebook's own policy are not capped.
+    Returns what was done: policy, applied, pool_size, max_pool_size, fallback, device.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown RMM policy {policy!r}; one of {', '.join(POLICIES)}")
-    record: dict[str, Any] = {"policy": policy, "applied": None, "pool_size": None, "fallback": None}
-    STATE.update(policy=policy, enforce=policy != "notebook", fallback=None)
+    record: dict[str, Any] = {"policy": policy, "applied": None, "pool_size": None, "fallback": None,
+                              "max_pool_size": None}
+    STATE.update(policy=policy, enforce=policy != "notebook", fallback=None, cap=None)
     cupy, rmm = _import("cupy"), _import("rmm")
     if rmm is not None:
         guard_reinitialize(rmm, cupy)
@@ -156,6 +181,11 @@ def setup_rmm(policy: str = "pool", pool_size: str | int | None = None) -> dict[
     record["device"] = device
     if device["count"] == 0:
         return _fallback(record, cupy, device.get("error", NO_DEVICE))
+    try:
+        cap = parse_size(max_pool_size, device.get("total"))
+    except ValueError as exc:
+        return _fallback(record, cupy, str(exc))
+    STATE["cap"] = cap
     if policy == "notebook":
         say("policy notebook: the notebook's own rmm.reinitialize calls decide (guarded)")
         record["applied"] = "notebook"
@@ -165,17 +195,20 @@ def setup_rmm(policy: str = "pool", pool_size: str | int | None = None) -> dict[
         if reason:
             return _fallback(record, cupy, reason)
         default_allocator(cupy)
+        if cap_cupy_pool(cupy, cap):
+            record["max_pool_size"] = cap
         say("policy off: CuPy's default allocator; the notebook's rmm.reinitialize calls are skipped")
         record["applied"] = "off"
         return record
     applied = "pool" if policy == "auto" else policy
     try:
         size = parse_size(pool_size, device.get("total")) if applied in ("pool", "async") else None
-        _apply(applied, rmm, cupy, size)
+        _apply(applied, rmm, cupy, size, cap if applied in ("pool", "async") else None)
     except Exception as exc:
         return _fallback(record, cupy, describe_failure(exc))
-    record.update(applied=applied, pool_size=size)
+    record.update(applied=applied, pool_size=size, max_pool_size=cap if applied in ("pool", "async") else None)
     shown = f", initial pool {size:,} bytes" if size else ""
+    shown += f", pool capped at {cap:,} bytes" if record["max_pool_size"] else ""
     say(f"RMM {applied}{shown} on {device.get('name', 'GPU 0')}; CuPy allocates through RMM")
     return record
 
@@ -184,8 +217,11 @@ def _fallback(record: dict[str, Any], cupy: Any, reason: str) -> dict[str, Any]:
     if cupy is not None:
         default_allocator(cupy)
     STATE["fallback"] = reason
-    record.update(applied="cupy-default" if cupy is not None else None, fallback=reason)
-    say(f"WARNING: RMM not set up: {reason}; using CuPy's default allocator")
+    capped = cupy is not None and cap_cupy_pool(cupy, STATE.get("cap"))
+    record.update(applied="cupy-default" if cupy is not None else None, fallback=reason,
+                  max_pool_size=STATE.get("cap") if capped else None)
+    shown = f", its pool capped at {STATE['cap']:,} bytes" if capped else ""
+    say(f"WARNING: RMM not set up: {reason}; using CuPy's default allocator{shown}")
     return record
 
 
@@ -323,7 +359,7 @@ def run_setup(config: dict[str, Any], lite: Any = None) -> dict[str, Any]:
             say("the notebook's own rmm.reinitialize calls are guarded")
         record.update(policy=config["policy"], applied=None, fallback=NO_DEVICE)
     else:
-        record.update(setup_rmm(config["policy"], config.get("pool_size")))
+        record.update(setup_rmm(config["policy"], config.get("pool_size"), config.get("max_pool_size")))
         if config.get("cell_stats") and record.get("applied") not in (None, "cupy-default", "off"):
             record["cell_stats"] = record_cell_stats(config["cell_stats"])
     emit(record)

@@ -33,6 +33,8 @@ PYTEST_SCRATCH = "pytest-out"
 RUN_JSON = "run.json"
 CONFIG_JSON = "config.json"
 LOCK = ".lock"
+# in the cache directory (gpuflow.core.cachedir): what each notebook was measured to need
+HISTORY_JSON = "notebook-history.json"
 
 # what `gpuflow test` leaves: a kept test step needs every one of them
 TEST_OUTPUTS = (COVERAGE_XML, JUNIT_XML, PYTEST_HTML, PYTEST_LOG)
@@ -180,6 +182,11 @@ class RunDir(ArtifactDir):
         return ArtifactDir(self.notebook_work(name) / PYTEST_SCRATCH)
 
     def notebook_dirs(self) -> list[ArtifactDir]:
-        """The per-notebook dirs that have step records, by name."""
-        found = self.path.iterdir() if self.path.is_dir() else iter(())
-        return [ArtifactDir(p) for p in sorted(found) if p.is_dir() and (p / RECORD_DIR).is_dir()]
+        """The per-notebook dirs that have step records, by name; a dir of
+        runs (Tekton's packed groups, one `gpuflow run` each) reads as one run."""
+        found = sorted(self.path.iterdir()) if self.path.is_dir() else []
+        runs = [p for p in found if p.is_dir() and (p / RUN_JSON).is_file()]  # their steps/ are run-level
+        dirs = {p.name: p for p in found if p.is_dir() and (p / RECORD_DIR).is_dir() and p not in runs}
+        for run in runs:  # run ids sort by time: a reused workspace's newest run of a notebook wins
+            dirs |= {p.name: p for p in sorted(run.iterdir()) if p.is_dir() and (p / RECORD_DIR).is_dir()}
+        return [ArtifactDir(dirs[name]) for name in sorted(dirs)]

@@ -30,6 +30,7 @@ from typing import Any
 from gpuflow.core import secrets
 from gpuflow.core.errors import ConfigError
 from gpuflow.core.log import log
+from gpuflow.flow.select import RUN_TYPES
 from gpuflow.gpu.guard import GPU_POLICIES, RMM_POLICIES
 
 if sys.version_info >= (3, 11):
@@ -52,8 +53,8 @@ DATASET_KEYS = ("url", "dest", "sha256", "size")
 CONFIG_FILES = ("gpuflow.toml", "pyproject.toml")
 # What a file inside the notebook repo may set: the shape of the notebooks'
 # own work, nothing that names a secret, a host or a path of the runner's.
-REPO_KEYS = frozenset({"notebooks", "exclude", "parameters", "lite_parameters", "timeouts", "html_name",
-                       "marker", "kernel"})
+REPO_KEYS = frozenset({"notebooks", "exclude", "parameters", "lite_parameters", "timeouts", "requires",
+                       "html_name", "marker", "kernel"})
 # Options that are paths: a relative one in a config file is relative to that file.
 PATH_KEYS = ("repo", "test_repo", "out")
 # GPUFLOW_* variables that are not options but are read elsewhere.
@@ -64,6 +65,7 @@ OTHER_ENV = frozenset({"GPUFLOW_CACHE_DIR", "GPUFLOW_PYTEST_GATE", secrets.SECRE
 @dataclass(frozen=True, kw_only=True)
 class FlowConfig:
     notebooks: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
     repo: str = ""
     revision: str | None = None
     token_env: str | None = None
@@ -81,6 +83,10 @@ class FlowConfig:
     timeout: float | None = None
     cell_timeout: float | None = None
     timeouts: dict[str, float] = field(default_factory=dict)
+    requires: dict[str, Any] = field(default_factory=dict)
+    run_type: str = "ci"
+    fail_on_warnings: bool = False
+    pack: bool = False
     out: str = "gpuflow-out"
     jobs: int = 1
     gpus: str = ""
@@ -117,6 +123,7 @@ class Option:
 OPTIONS: dict[str, Option] = {
     "notebooks": Option("list", "notebook paths or globs inside the notebook repo (relative, or absolute "
                         "inside it); none anywhere: the bundled demo notebook and its tests"),
+    "exclude": Option("list", "globs removed from `notebooks` (`*` crosses folders: '*MNMG*')"),
     "repo": Option("str", "the notebook repo: a git URL or a local path (default: the directory of "
                    "--config, else the current directory)"),
     "revision": Option("str", "branch, tag or commit of a git `repo`", optional=True),
@@ -140,6 +147,13 @@ OPTIONS: dict[str, Option] = {
     "timeout": Option("float", "seconds for a whole notebook", optional=True),
     "cell_timeout": Option("float", "seconds for one cell", optional=True),
     "timeouts": Option("table", "per-notebook `timeout` overrides, keyed by path or stem", cli=False),
+    "requires": Option("table", "per-notebook requirements, keyed by path or stem: "
+                       "{gpus, gpu_memory, cuda, compute_capability}; unmet ones skip the notebook", cli=False),
+    "run_type": Option("str", "ci, nightly or weekly: a notebook whose metadata `gpuflow.run_types` "
+                       "does not list it is skipped", choices=RUN_TYPES),
+    "fail_on_warnings": Option("bool", "exit 1 when a notebook's outputs hold Python warnings"),
+    "pack": Option("bool", "share GPUs between notebooks by the memory they were measured to need "
+                   "(without --gpus: every GPU the preflight sees)"),
     "out": Option("str", "runs go under OUT/<run-id>/"),
     "jobs": Option("int", "notebooks run at once (CPU); with --gpus, one per GPU"),
     "gpus": Option("str", "GPUs to spread notebooks over: '0,1' or 'all'; '' runs without pinning"),
@@ -460,6 +474,8 @@ def _build(merged: dict[str, Any]) -> FlowConfig:
     merged["timeouts"] = {str(k): float(v) for k, v in (merged["timeouts"] or {}).items()}
     merged["datasets"] = tuple(merged["datasets"] or ())
     merged["notebooks"] = tuple(merged["notebooks"] or ())
+    merged["exclude"] = tuple(merged["exclude"] or ())
+    merged["requires"] = dict(merged["requires"] or {})
     merged["pass_env"] = tuple(merged["pass_env"] or ())
     return FlowConfig(**merged)
 

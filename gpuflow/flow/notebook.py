@@ -25,6 +25,8 @@ from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 from gpuflow.flow import config as cfgmod
+from gpuflow.flow.pack import out_of_memory
+from gpuflow.flow.requirements import Requires
 from gpuflow.flow.resume import StepCache, digest
 from gpuflow.flow.schedule import Slot
 
@@ -42,6 +44,13 @@ class NotebookJob:
     stem: str
     name: str  # stem, plus _lite in the lite profile: the artifact dir and file prefix
     dir: Path
+    skip: str | None = None  # why it is not run (selection, unmet requirements)
+    requires: Requires = field(default_factory=Requires)
+    # --pack: the GPU the plan put it on, the bytes it claims there and its pool cap
+    gpu: str | None = None
+    need: int | None = None
+    share: int | None = None
+    retried: str | None = None  # why this is its second run (alone, after running out of memory packed)
 
     @property
     def output(self) -> Path:
@@ -86,8 +95,12 @@ class NotebookResult:
     failed_step: str | None
     error: str | None
     duration_s: float
+    skip_reason: str | None = None
+    retried: str | None = None
 
     def __str__(self) -> str:
+        if self.skip_reason is not None:
+            return f"{self.name}: skipped: {self.skip_reason}"
         if self.failed_step is None:
             return f"{self.name}: success in {self.duration_s:.1f}s"
         return f"{self.name}: {self.failed_step} failed ({self.exit_code}): {self.error or ''}".rstrip()
@@ -104,6 +117,8 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
 
     t0 = time.monotonic()
     job.dir.mkdir(parents=True, exist_ok=True)
+    if job.skip is not None:
+        return skip_notebook(job, slot)
     cache = StepCache(job.dir, flow.resume)
     ran: dict[str, harness.Ran[Any]] = {}
 
@@ -118,8 +133,12 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
     copy = flow.background.submit(_copy_test_repo, flow, job) if flow.test_base is not None else None
     early = start_tests(flow, job, copy) if copy is not None else None
     try:
-        note(_execute(flow, job, slot, cache))
-        if job.output.exists() and not flow.stop.is_set():
+        executed = note(_execute(flow, job, slot, cache))
+        if executed.status == "success" and executed.record is not None:
+            _record_history(flow.config, job, executed.record.duration_s)
+        if job.share is not None and executed.exit_code != 0 and out_of_memory(executed.error):
+            pass  # ran out of memory in its share: it runs again alone (flow.suite.again), report nothing yet
+        elif job.output.exists() and not flow.stop.is_set():
             note(_convert(job, cache, flow.config.sanitize_html))
         failed = any(r.exit_code != 0 for r in ran.values())
         if flow.test_base is None and not flow.stop.is_set():
@@ -147,7 +166,7 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
                if r.status == "skipped" and r.record is not None},
         codes={s: r.exit_code for s, r in ran.items()}, exit_code=worst,
         failed_step=failed_step.step if failed_step else None, error=failed_step.error if failed_step else None,
-        duration_s=round(time.monotonic() - t0, 3),
+        duration_s=round(time.monotonic() - t0, 3), retried=job.retried,
     )
 
 
@@ -170,6 +189,29 @@ def _note_stop(stopped: errors.Stopped, job: NotebookJob, ran: dict[str, harness
             return
 
 
+def _record_history(cfg: cfgmod.FlowConfig, job: NotebookJob, duration_s: float) -> None:
+    """Note what the notebook just used, for the next `--pack`; never fails the run."""
+    from gpuflow.flow import history
+
+    try:
+        measured = history.from_telemetry(ArtifactDir(job.dir).telemetry, duration_s, packed=job.share is not None)
+        history.record(*history.key_for(cfg, job.notebook, job.rel), measured)
+    except OSError as exc:
+        log.warning(f"{job.name}: could not record its measurements in {history.path()}: {exc}")
+
+
+def skip_notebook(job: NotebookJob, slot: Slot) -> NotebookResult:
+    """Record a notebook not run on purpose: its execute step, skipped with the reason."""
+    from gpuflow.execute import STEP as EXECUTE
+
+    assert job.skip is not None
+    job.dir.mkdir(parents=True, exist_ok=True)
+    harness.skipped(EXECUTE, job.dir, job.skip)
+    return NotebookResult(name=job.name, notebook=job.rel, slot=slot.name, steps={"execute": "skipped"},
+                          notes={"execute": job.skip}, codes={"execute": 0}, exit_code=0, failed_step=None,
+                          error=None, duration_s=0.0, skip_reason=job.skip)
+
+
 def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> harness.Ran[None]:
     from gpuflow.execute import STEP as EXECUTE
 
@@ -177,12 +219,14 @@ def _execute(flow: Flow, job: NotebookJob, slot: Slot, cache: StepCache) -> harn
     params = cfgmod.notebook_parameters(cfg)
     timeout = cfgmod.timeout_for(cfg, job.rel, job.stem)
     inputs = digest(job.notebook, params, cfg.profile, cfg.kernel, cfg.gpu, cfg.rmm, cfg.rmm_pool_size,
-                    cfg.max_cells, cfg.max_genes, cfg.seed, timeout, cfg.cell_timeout, cfg.pass_env)
+                    cfg.max_cells, cfg.max_genes, cfg.seed, timeout, cfg.cell_timeout, cfg.pass_env, job.share)
     cmd = [sys.executable, "-m", "gpuflow.execute", str(job.notebook), str(job.output),
            "-y", json.dumps(params), "--kernel", cfg.kernel, "--cwd", str(job.notebook.parent),
            "--log", str(ArtifactDir(job.dir).papermill_log), "--record-dir", str(job.dir),
            # INFO, as the Tekton workflow ran papermill: kernel message dumps drown parallel logs
            "--no-progress-bar", "--log-level", "INFO", *_guard_flags(cfg)]
+    if job.share is not None:  # packed: its pool may not grow past its share of the GPU
+        cmd += ["--rmm-max-pool-size", str(job.share)]
     if timeout is not None:
         cmd += ["--timeout", str(timeout)]
     if cfg.cell_timeout is not None:

@@ -31,6 +31,7 @@ class GuardOptions:
     gpu: str = "auto"
     rmm: str = "auto"
     rmm_pool_size: str | None = None
+    rmm_max_pool_size: str | None = None  # the cap `gpuflow run --pack` gives a notebook sharing a GPU
     lite: bool = False
     max_cells: int = 50_000
     max_genes: int = 10_000
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="RMM policy set up in the kernel (auto = pool); `notebook` lets the notebook's own "
                         "rmm.reinitialize calls decide, every other policy is enforced over them")
     g.add_argument("--rmm-pool-size", default=None, help="initial pool size: 80%% of the device, 20GiB, bytes")
+    g.add_argument("--rmm-max-pool-size", default=None,
+                   help="cap on the notebook's memory pool (RMM's maximum_pool_size; CuPy's pool limit "
+                        "without RMM): 12GiB or bytes; `gpuflow run --pack` sets it to the notebook's share")
     g.add_argument("--lite", action="store_true", help="subsample every AnnData the notebook loads, in memory")
     g.add_argument("--max-cells", type=int, default=50_000, help="lite: cells kept (default 50000)")
     g.add_argument("--max-genes", type=int, default=10_000, help="lite: genes kept (default 10000)")
@@ -54,22 +58,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> GuardOptions:
-    if args.rmm_pool_size:
-        check_pool_size(args.rmm_pool_size)
+    for flag, value in (("--rmm-pool-size", args.rmm_pool_size), ("--rmm-max-pool-size", args.rmm_max_pool_size)):
+        if value:
+            check_pool_size(value, flag)
     if args.max_cells < 1 or args.max_genes < 1:
         raise ConfigError("--max-cells and --max-genes must be positive")
     return GuardOptions(
-        gpu=args.gpu, rmm=args.rmm, rmm_pool_size=args.rmm_pool_size, lite=args.lite,
+        gpu=args.gpu, rmm=args.rmm, rmm_pool_size=args.rmm_pool_size, rmm_max_pool_size=args.rmm_max_pool_size,
+        lite=args.lite,
         max_cells=args.max_cells, max_genes=args.max_genes, seed=args.seed,
         telemetry=args.telemetry,
     )
 
 
-def check_pool_size(text: str) -> None:
+def check_pool_size(text: str, flag: str = "--rmm-pool-size") -> None:
     try:
         _kernel_guard.parse_size(text, total=1 << 40)
     except ValueError as exc:
-        raise ConfigError(f"--rmm-pool-size: {exc}") from None
+        raise ConfigError(f"{flag}: {exc}") from None
 
 
 def preflight(opts: GuardOptions) -> dict[str, Any]:
@@ -104,7 +110,8 @@ def setup_cell_source(opts: GuardOptions, facts: dict[str, Any], cell_stats: Pat
         return None
     stats = str(cell_stats) if cell_stats is not None else None
     config = {
-        "policy": opts.rmm, "pool_size": opts.rmm_pool_size, "gpu_visible": facts.get("visible"),
+        "policy": opts.rmm, "pool_size": opts.rmm_pool_size, "max_pool_size": opts.rmm_max_pool_size,
+        "gpu_visible": facts.get("visible"),
         "reason": "; ".join(facts.get("checks", [])) if facts.get("visible") is False else None,
         "lite": {"max_cells": opts.max_cells, "max_genes": opts.max_genes, "seed": opts.seed} if opts.lite else None,
         "cell_stats": stats,

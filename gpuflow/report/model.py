@@ -8,6 +8,7 @@ from typing import Any
 
 from gpuflow.core import tables
 from gpuflow.core.record import ExecuteDetails, Status
+from gpuflow.report.findings import Findings
 from gpuflow.report.junit import TestCounts
 
 
@@ -77,12 +78,22 @@ class Schedule:
     slots: dict[str, SlotUse]
     stopped: str | None = None
     error: str | None = None  # a run-level step that failed before any notebook ran
+    packed: dict[str, Packed] = field(default_factory=dict)  # --pack: each packed notebook's share
+
+
+@dataclass(frozen=True, kw_only=True)
+class Packed:
+    """A notebook that `gpuflow run --pack` ran on a shared GPU."""
+
+    gpu: str | None
+    share_bytes: int | None  # its RMM pool cap; None: it ran alone on a whole GPU
+    retried: str | None = None  # why it ran again, alone on a whole GPU
 
 
 @dataclass(frozen=True, kw_only=True)
 class Summary:
     title: str
-    status: Status  # "success" or "failed"
+    status: Status  # "success", "failed", or "skipped" (a notebook not run on purpose, or a run of only such)
     exit_code: int
     steps: list[StepRow]
     tests: TestCounts | TestsUnreadable | None
@@ -90,9 +101,12 @@ class Summary:
     gpu: GpuFacts | None
     artifacts: list[ArtifactFile]
     missing: list[str] = field(default_factory=list)
+    skip_reason: str | None = None
+    findings: Findings | None = None  # warnings and errors in the executed notebook's outputs
 
     def __str__(self) -> str:
-        return f"{self.title}: {self.status} (exit {self.exit_code})"
+        why = f": {self.skip_reason}" if self.skip_reason else ""
+        return f"{self.title}: {self.status}{why} (exit {self.exit_code})"
 
     def _repr_html_(self) -> str:
         rows = [(s.name, s.status, s.exit_code, s.duration_s, s.error) for s in self.steps]

@@ -10,6 +10,7 @@ from typing import Any
 
 from gpuflow.core import artifacts, tables
 from gpuflow.core.artifacts import ArtifactDir
+from gpuflow.report import findings as findings_mod
 from gpuflow.report.model import RunSummary, Schedule, StepRow, Summary
 
 ICON = {"success": "✅", "failed": "❌", "skipped": "⏩"}
@@ -84,9 +85,39 @@ def _fact_rows(summary: Summary) -> list[tuple[str, Any]]:
     return [(k, v) for k, v in rows if v is not None]
 
 
+FINDINGS_HEADER = ("Kind", "Cell", "Text")
+
+
+def _findings_line(summary: Summary) -> str | None:
+    f = summary.findings
+    if f is None:
+        return None
+    return (f"{f.warnings} warning line(s), {f.errors} error output(s), "
+            f"{f.stderr_lines} stderr line(s) in the outputs")
+
+
+def _findings_md(summary: Summary) -> list[str]:
+    line = _findings_line(summary)
+    if line is None or summary.findings is None:
+        return []
+    rows = findings_mod.rows(summary.findings)
+    return ["### Findings in the outputs", line, "", *(_md_table(FINDINGS_HEADER, rows) if rows else []), ""]
+
+
+def _findings_html(summary: Summary) -> list[str]:
+    line = _findings_line(summary)
+    if line is None or summary.findings is None:
+        return []
+    rows = findings_mod.rows(summary.findings)
+    return [tables.table(rows, header=FINDINGS_HEADER, caption=f"Findings: {line}")]
+
+
 def markdown(summary: Summary) -> str:
     lines = [f"## {ICON[summary.status]} {_md(summary.title)}: {summary.status.upper()} (exit {summary.exit_code})",
              ""]
+    if summary.skip_reason:
+        return "\n".join([*lines, f"Skipped: {_md(summary.skip_reason)}", ""])
+    lines += _findings_md(summary)
     lines += ["### Steps", *_md_table(("Status", "Step", "Exit", "Duration", "Error"), _step_rows(summary)), ""]
     counts = summary.counts
     if counts is not None:
@@ -106,7 +137,7 @@ def markdown(summary: Summary) -> str:
 
 
 RUN_STEPS = ("execute", "convert", "stage", "test")
-RUN_HEADER = ("Status", "Notebook", "Exit", *RUN_STEPS, "Tests", "Reason")
+RUN_HEADER = ("Status", "Notebook", "Exit", *RUN_STEPS, "Tests", "Reason", "Findings")
 
 
 def _run_rows(summary: RunSummary) -> list[tuple[str, Summary, list[Any]]]:
@@ -119,7 +150,7 @@ def _run_rows(summary: RunSummary) -> list[tuple[str, Summary, list[Any]]]:
             row = by_name.get(step)
             took = "" if row is None or row.duration_s is None or row.status == "skipped" else f" {row.duration_s:.1f}s"
             cells.append(None if row is None else row.shown + took)
-        out.append((name, s, [*cells, _tests_cell(s, by_name.get("test")), _reason(s)]))
+        out.append((name, s, [*cells, _tests_cell(s, by_name.get("test")), _reason(s), _findings_cell(s)]))
     return out
 
 
@@ -132,8 +163,16 @@ def _tests_cell(s: Summary, test: StepRow | None) -> str | None:
     return test.shown if test is not None and test.status == "skipped" else None
 
 
+def _findings_cell(s: Summary) -> str | None:
+    """What the notebook's outputs hold: warnings, errors, stderr lines (none: nothing)."""
+    return None if s.findings is None or s.findings.empty else str(s.findings)
+
+
 def _reason(s: Summary) -> str | None:
-    """The first failed step's line, without the path it points to (the Files column links it)."""
+    """Why the notebook was skipped, or the first failed step's line, without
+    the path it points to (the Files column links it)."""
+    if s.skip_reason:
+        return s.skip_reason
     if s.status == "success":
         return None
     line = next((row.error for row in s.steps if row.error and row.status == "failed"),
@@ -149,6 +188,8 @@ def _run_reason(summary: RunSummary) -> str | None:
 def run_markdown(summary: RunSummary) -> str:
     lines = [f"## {ICON[summary.status]} {_md(summary.title)}: {summary.status.upper()} (exit {summary.exit_code})",
              ""]
+    if summary.skip_reason:
+        lines += [f"{_md(summary.skip_reason.capitalize())}: nothing ran, nothing failed.", ""]
     reason = _run_reason(summary)
     if reason:
         lines += [f"**Reason:** {_md(reason)}", ""]
@@ -158,7 +199,17 @@ def run_markdown(summary: RunSummary) -> str:
     if summary.schedule is None:
         return text
     schedule = [_makespan(summary.schedule), "", *_md_table(SLOT_HEADER, _slot_rows(summary.schedule))]
+    if summary.schedule.packed:
+        schedule += ["", *_md_table(PACK_HEADER, _pack_rows(summary.schedule))]
     return text.rstrip("\n") + "\n\n" + "\n".join(schedule) + "\n"
+
+
+PACK_HEADER = ("Packed notebook", "GPU", "Share", "Retried")
+
+
+def _pack_rows(schedule: Schedule) -> list[tuple[str, str, str, str]]:
+    return [(name, p.gpu or "-", "whole GPU" if p.share_bytes is None else _size(p.share_bytes), p.retried or "-")
+            for name, p in schedule.packed.items()]
 
 
 SLOT_HEADER = ("Slot", "Notebooks", "Busy", "GPU utilisation")
@@ -210,7 +261,7 @@ def _links(artifact_dir: ArtifactDir) -> str:
 
 
 def page(summary: Summary, artifact_dir: ArtifactDir) -> str:
-    body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>',
+    body = [f'<h1 class="{summary.status}">{html.escape(str(summary))}</h1>', *_findings_html(summary),
             tables.table(_step_rows(summary, icons=False), header=("Status", "Step", "Exit", "Duration", "Error"),
                          caption="Steps")]
     counts = summary.counts
@@ -257,6 +308,8 @@ def run_page(summary: RunSummary) -> str:
                     f"<td>{tables.cell(s.exit_code)}</td>" + "".join(f"<td>{tables.cell(v)}</td>" for v in cells)
                     + f"<td>{_run_links(name, s)}</td></tr>")
     body = [f'<h1 class="{html.escape(summary.status)}">{html.escape(str(summary))}</h1>']
+    if summary.skip_reason:
+        body.append(f"<p>{html.escape(summary.skip_reason.capitalize())}: nothing ran, nothing failed.</p>")
     reason = _run_reason(summary)
     if reason:
         body.append(f"<p><strong>Reason:</strong> {html.escape(reason)}</p>")
@@ -266,4 +319,6 @@ def run_page(summary: RunSummary) -> str:
     if summary.schedule is not None:
         body.append(tables.table(_slot_rows(summary.schedule), header=SLOT_HEADER,
                                  caption=f"Schedule: {_makespan(summary.schedule)}"))
+        if summary.schedule.packed:
+            body.append(tables.table(_pack_rows(summary.schedule), header=PACK_HEADER, caption="Packing"))
     return _document(summary.title, body)

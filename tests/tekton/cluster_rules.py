@@ -112,6 +112,10 @@ def _requests_gpu(task: dict[str, Any]) -> bool:
 def _matrix_size(pt: dict[str, Any], params: dict[str, Any]) -> int:
     size = 1
     for p in (pt.get("matrix") or {}).get("params") or []:
+        if isinstance(p.get("value"), str):
+            # a whole array result: gpuflow-plan's groups, one per GPU it was given, so
+            # every branch has a GPU of its own and none waits for a turn
+            continue
         items: list[Any] = []
         for item in p.get("value") or []:
             value = _resolve(item, params)

@@ -29,6 +29,7 @@ entrypoints/ on PATH), securityContext and resource requests.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -251,7 +252,8 @@ class Harness:
         if task is None:
             raise HarnessError(f"{name}: unknown Task")
         base = {p["name"]: _param_value(p["value"], scope, values) for p in pt.get("params") or []}
-        matrix = [(p["name"], expand_list(p["value"], scope, values))
+        matrix = [(p["name"], expand_list(p["value"], scope, values) if isinstance(p["value"], list)
+                   else _array_result(p["value"], scope))
                   for p in (pt.get("matrix") or {}).get("params") or []]
         combos = [dict(zip([m[0] for m in matrix], combo, strict=False)) for combo in itertools.product(*[m[1] for m in matrix])]
         bound = {}
@@ -294,6 +296,17 @@ def expand_list(items: list[Any], variables: Mapping[str, str], params: Mapping[
         else:
             out.append(substitute(str(item), variables))
     return out
+
+
+def _array_result(ref: str, variables: Mapping[str, str]) -> list[str]:
+    """`$(tasks.T.results.R[*])`: a whole array result, which a Task writes as a JSON array."""
+    m = re.fullmatch(r"\$\((tasks\.[^.)]+\.results\.[^.)\[]+)\[\*\]\)", ref)
+    if m is None or m.group(1) not in variables:
+        raise HarnessError(f"{ref}: not a whole array result of a finished task")
+    value = json.loads(variables[m.group(1)])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise HarnessError(f"{ref}: the result is not a JSON array of strings")
+    return value
 
 
 def _param_value(value: Any, variables: Mapping[str, str], params: Mapping[str, Any]) -> Any:

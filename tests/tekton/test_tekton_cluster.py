@@ -217,7 +217,7 @@ def _kustomize(folder: Path) -> list[dict[str, Any]]:
 def test_kubectl_kustomize_binds_the_listener_in_any_namespace(tmp_path: Path) -> None:
     shutil.copytree(TEKTON, tmp_path / "tekton")
     assert {d["metadata"]["name"] for d in _kustomize(tmp_path / "tekton")} == set(rules.load(TEKTON).tasks) | {
-        "gpuflow-notebooks"}
+        "gpuflow-notebooks", "gpuflow-notebooks-packed"}
     kustomization = tmp_path / "tekton" / "triggers" / "kustomization.yaml"
     doc = yaml.safe_load(kustomization.read_text(encoding="utf-8"))
     kustomization.write_text(yaml.safe_dump({**doc, "namespace": "ci"}), encoding="utf-8")
