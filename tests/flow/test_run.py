@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.run import main
 
 pytestmark = pytest.mark.usefixtures("steps_present")
@@ -356,7 +357,8 @@ def test_gate_plugin_holds_pytest_until_go(tmp_path: Path) -> None:
     worker.start()
     worker.join(timeout=3)
     assert worker.is_alive(), "pytest must wait at the gate"
-    gate.write_text("go")
+    # as the run opens it: in one rename, so the waiting pytest never reads a half-written gate
+    atomic_write_text(gate, "go")
     worker.join(timeout=120)
     assert result["r"].exit_code == 0 and result["r"].passed == 1  # type: ignore[attr-defined]
     gate2 = tmp_path / "gate2"
