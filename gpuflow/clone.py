@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpuflow.core import backup as backups
-from gpuflow.core import tables
+from gpuflow.core import secrets, tables
 from gpuflow.core.errors import AuthError, CloneError, ConfigError, InfraError, InputError
 from gpuflow.core.fsutil import write_results
 from gpuflow.core.log import add_secret, log, redact
@@ -166,7 +166,7 @@ def _remote_and_env(url: str, dest: Path, *, token_env: str | None,
     remote = strip_credentials(url)
     if not parts.scheme and Path(url).exists():  # a local path, relative to the cwd of the caller
         remote = str(Path(url).absolute())
-    token = _read_token(token_env, token_file) or parts.password
+    token = _read_token(token_env, token_file, parts.hostname) or parts.password
     env = scrubbed_env(os.environ, dest)
     if token and parts.scheme in ("http", "https"):
         add_secret(token)
@@ -175,7 +175,7 @@ def _remote_and_env(url: str, dest: Path, *, token_env: str | None,
     return remote, env
 
 
-def _read_token(token_env: str | None, token_file: Path | None) -> str | None:
+def _read_token(token_env: str | None, token_file: Path | None, host: str | None = None) -> str | None:
     if token_file is not None:
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip()
@@ -184,13 +184,22 @@ def _read_token(token_env: str | None, token_file: Path | None) -> str | None:
         if not token:
             raise InputError(f"--token-file {token_file} is empty")
         return token
-    name = token_env or ("GITHUB_TOKEN" if os.environ.get("GITHUB_TOKEN") else None)
+    # GITHUB_TOKEN unasked goes only to GitHub's own host: a repo URL that
+    # names another host must not receive it
+    implicit = os.environ.get("GITHUB_TOKEN") and host == github_host()
+    name = token_env or ("GITHUB_TOKEN" if implicit else None)
     if name is None:
         return None
     token = os.environ.get(name, "").strip()
     if not token:
         raise ConfigError(f"--token-env {name}: the variable is not set or empty")
+    secrets.declare(name)
     return token
+
+
+def github_host() -> str:
+    """The host GITHUB_TOKEN belongs to: github.com, or the GitHub server of this CI run."""
+    return urllib.parse.urlsplit(os.environ.get("GITHUB_SERVER_URL") or "https://github.com").hostname or ""
 
 
 def scrubbed_env(environ: Mapping[str, str], dest: Path) -> dict[str, str]:

@@ -59,7 +59,12 @@ def _read_notebook(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
         nb = nbformat.reader.reads(text)
+        major = nb.get("nbformat")
+        if isinstance(major, bool) or major not in (2, 3, 4):
+            raise errors.InputError(f"{path}: not a notebook: nbformat {major!r}; gpuflow reads nbformat 2 to 4")
         return nbformat.convert(nb, 4)
+    except RecursionError:
+        raise errors.InputError(f"{path}: not a notebook: its JSON is nested too deeply") from None
     except FileNotFoundError:
         raise errors.InputError(f"{path}: no such notebook") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -190,6 +195,8 @@ def _export(notebook: Path, html_path: Path, logger: logging.Logger, *, template
             embed_images: bool, sanitize_html: bool) -> int:
     logger.info("Converting notebook %s to html", notebook)
     nb = guard.for_report(_read_notebook(notebook))
+    if sanitize_html:
+        _distrust_outputs(nb)
     exporter = _exporter(template, no_input, embed_images, sanitize_html, logger)
     _cache_templates(exporter)
     try:
@@ -201,6 +208,43 @@ def _export(notebook: Path, html_path: Path, logger: logging.Logger, *, template
     size = html_path.stat().st_size
     logger.info("Writing %d bytes to %s", size, html_path)
     return size
+
+
+# Output types nbconvert either sanitizes (HTML, Markdown) or writes as data
+# that cannot run (text, JSON, base64 images). Everything else, mermaid, SVG,
+# LaTeX and JavaScript included, is what nbconvert 7.17 let through as live
+# markup, so an untrusted notebook loses those outputs instead.
+SAFE_OUTPUT_TYPES = frozenset({"text/plain", "text/html", "text/markdown", "application/json",
+                               "image/png", "image/jpeg", "image/gif"})
+
+
+def _distrust_outputs(nb: Any) -> None:
+    """Under --sanitize-html: keep only the output types above, and only
+    integer image sizes (the templates write `width` and `height` into the
+    `<img>` tag unquoted, so any other text there becomes an attribute)."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data")
+            if not isinstance(data, dict):
+                continue
+            dropped = [m for m in data if m not in SAFE_OUTPUT_TYPES]
+            for mime in dropped:
+                del data[mime]
+            if dropped and not data:
+                data["text/plain"] = f"[output removed by --sanitize-html: {', '.join(sorted(dropped))}]"
+            metadata = output.get("metadata")
+            if not isinstance(metadata, dict):
+                continue
+            for meta in metadata.values():
+                if not isinstance(meta, dict):
+                    continue
+                for key in ("width", "height"):
+                    if key in meta and not _is_size(meta[key]):
+                        del meta[key]
+
+
+def _is_size(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
 
 
 @contextlib.contextmanager

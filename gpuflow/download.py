@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from gpuflow.core import download_cache, tables
+from gpuflow.core import download_cache, secrets, tables
 from gpuflow.core.errors import AuthError, ChecksumError, ConfigError, DownloadError, InfraError, InputError
 from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import add_secret, log, redact
@@ -120,11 +120,12 @@ def download(
     _check_url(url)
     expect = _Expect(sha256.lower() if sha256 else None, md5.lower() if md5 else None, size)
     request_headers = _request_headers(headers, token_env)
+    part = dest.with_name(dest.name + ".part")
+    _remove_planted_links(dest, part, download_cache.sidecar(part))
     _check_writable(dest)
     done = _from_disk(url, dest, expect, cache_dir)
     if done is not None:
         return _result(dest, done, "cache", start, 0)
-    part = dest.with_name(dest.name + ".part")
     stats = {"transferred": 0, "resumed_from": 0}
 
     def fetch_verified() -> _Digests:
@@ -167,6 +168,15 @@ def _check_url(url: str) -> None:
         raise InputError(f"not a URL gpuflow can download: {redact(url)!r} (http, https or file)")
 
 
+def _remove_planted_links(*paths: Path) -> None:
+    """DEST, DEST.part and its sidecar are files gpuflow writes: a symlink
+    found there (planted by a notebook repo, say) is removed, never written through."""
+    for path in paths:
+        if path.is_symlink():
+            log.warning(f"{path} is a symlink; removing it instead of writing through it")
+            path.unlink()
+
+
 def _check_writable(dest: Path) -> None:
     probe = dest.with_name(dest.name + ".part")
     existed = probe.exists()
@@ -188,6 +198,7 @@ def _request_headers(headers: Mapping[str, str] | None, token_env: str | None) -
         token = os.environ.get(token_env, "").strip()
         if not token:
             raise ConfigError(f"--token-env {token_env}: the variable is not set or empty")
+        secrets.declare(token_env)
         result.setdefault("Authorization", f"Bearer {token}")
     for key, value in result.items():
         if key.lower() in ("authorization", "proxy-authorization", "private-token", "x-api-key"):
@@ -224,16 +235,20 @@ def _fetch(url: str, part: Path, headers: Mapping[str, str], timeout: float, exp
            stats: dict[str, int]) -> _Digests:
     offset = _resumable_offset(url, part)
     digests = _Digests(bool(expect.md5))
+    validator = download_cache.read_json(download_cache.sidecar(part)).get("validator") if offset else None
+    if offset and not _strong(validator):
+        # without a strong ETag or a Last-Modified nothing proves that the
+        # bytes on disk and the server's are one file: start over
+        log.info(f"no validator saved for the {offset} bytes on disk; starting over")
+        offset = 0
     if offset:
         digests.feed_file(part, offset)  # one read of what is on disk; the network bytes are hashed as they come
     request = urllib.request.Request(url, headers=dict(headers))
     if offset:
         request.add_header("Range", f"bytes={offset}-")
-        validator = download_cache.read_json(download_cache.sidecar(part)).get("validator")
-        if validator:
-            request.add_header("If-Range", validator)  # changed upstream: the server sends it all again
+        request.add_header("If-Range", str(validator))  # changed upstream: the server sends it all again
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
+        response = _OPENER.open(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # the .part is not a prefix the server recognises
             _discard(part)
@@ -242,8 +257,15 @@ def _fetch(url: str, part: Path, headers: Mapping[str, str], timeout: float, exp
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise _network_error(exc, url) from None
     with response:
-        if offset and (response.status != 206 or _range_start(response) != offset):
-            log.info(f"the server did not resume at byte {offset} (HTTP {response.status}); starting over")
+        if offset and (response.status != 206 or _range_start(response) != offset
+                       or validator not in (response.headers.get("ETag"), response.headers.get("Last-Modified"))):
+            # a server that ignores If-Range answers 206 for a file that
+            # changed: splicing its tail onto our head would be a corrupt file
+            log.info(f"the server did not resume at byte {offset} of the same file (HTTP {response.status}); "
+                     "starting over")
+            if response.status == 206:  # only a tail came: ask again for the whole file
+                _discard(part)
+                raise _Transient("the server sent part of a different file")
             offset, digests = 0, _Digests(bool(expect.md5))
         if offset == 0:
             validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
@@ -285,6 +307,37 @@ def _stream(response: Any, out: IO[bytes], digests: _Digests, stats: dict[str, i
     finally:
         out.flush()  # what arrived stays on disk for the next try to resume from
         progress.close()
+
+
+def _strong(validator: object) -> bool:
+    """A strong ETag or a Last-Modified date: what If-Range may carry (RFC 9110)."""
+    return isinstance(validator, str) and bool(validator) and not validator.startswith("W/")
+
+
+# Request headers that carry credentials: sent only where the user pointed them.
+_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "private-token", "x-api-key", "cookie")
+
+
+class _KeepCredentialsHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but the credentials go only to the origin the user
+    named: a redirect to another host or port, or from https to http, drops them."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            for key in [k for k in new.headers if k.lower() in _CREDENTIAL_HEADERS]:
+                new.remove_header(key)
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+_OPENER = urllib.request.build_opener(_KeepCredentialsHome)
 
 
 def _resumable_offset(url: str, part: Path) -> int:

@@ -27,6 +27,7 @@ from gpuflow.core import step as harness
 from gpuflow.core.artifacts import RunDir
 from gpuflow.core.fsutil import atomic_write_text, contained
 from gpuflow.core.log import log, redact
+from gpuflow.core.secrets import declare as declare_secret
 from gpuflow.core.step import Step, Verdict
 from gpuflow.flow import config as cfgmod
 from gpuflow.flow import report as run_report
@@ -38,6 +39,9 @@ from gpuflow.gpu.devices import default_device
 from gpuflow.report.model import Packed
 
 R = TypeVar("R")
+# How long a run waits for the children of a crashed run on the same run dir
+# to go (they get SIGTERM when it dies, then stop their kernels).
+LOCK_WAIT_S = 15.0
 
 # The once-per-run steps, recorded under RUN_DIR/steps/; what one raises ends the run.
 PREFLIGHT = Step[dict[str, Any]](name="preflight", details=lambda facts: dict(facts))
@@ -118,6 +122,7 @@ def _run_locked(resolved: cfgmod.Resolved, *, run_dir: Path, resume: bool, recon
         except (errors.Stopped, KeyboardInterrupt) as exc:
             stopped = exc if isinstance(exc, errors.Stopped) else errors.Interrupted("interrupted", signum=2)
             log.warning(f"{stopped}: stopping the kernels, then writing the summaries")
+            flow.stopped_by = stopped
             flow.stop.set()
             proc.signal_all(signal.SIGINT if isinstance(stopped, errors.Interrupted) else signal.SIGTERM)
             pool.wait(timeout=60)
@@ -232,7 +237,9 @@ def expand_notebooks(cfg: cfgmod.FlowConfig, repo_dir: Path, run_dir: Path) -> l
         pattern = _inside(repo_dir, given)
         if any(ch in pattern for ch in "*?["):
             contained(repo_dir, pattern.replace("*", "x").replace("?", "x").replace("[", "x"))
-            matches = sorted(p for p in repo_dir.glob(pattern) if p.is_file())
+            # each match checked too: a symlink the glob found may point out of the repo
+            matches = sorted(contained(repo_dir, p.relative_to(repo_dir)) for p in repo_dir.glob(pattern)
+                             if p.is_file())
             if not matches:
                 raise errors.InputError(f"notebook pattern {given!r} matches nothing in {repo_dir}")
         else:
@@ -287,17 +294,25 @@ def new_run_dir(out: Path) -> Path:
 def _locked(run_dir: Path) -> Iterator[None]:
     # flock, not a pid file: the kernel drops it when a crashed run dies, so
     # --resume after a crash never finds a stale lock
+    # Every child holds it too, so after a crash it is free only once the
+    # last orphan is gone; a resume waits a little for that before refusing.
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(RunDir(run_dir).lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise errors.UsageError(f"another gpuflow run is using {run_dir}") from None
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise errors.UsageError(f"another gpuflow run is using {run_dir}") from None
+                time.sleep(0.2)
         fh.seek(0)
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
-        yield
+        with proc.held_by_children(fh.fileno()):
+            yield
 
 
 def _save_config(run_dir: Path, resolved: cfgmod.Resolved) -> None:
@@ -353,20 +368,43 @@ def _resolve(args: argparse.Namespace, env: Mapping[str, str], repo_dir: Path | 
             saved = json.loads(RunDir(args.resume).config_json.read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError):
             raise errors.InputError(f"--resume {args.resume}: no readable config.json there") from None
-    cli_values = cfgmod.cli_values(args)
-    first = cfgmod.resolve(cli=cli_values, env=env, config_file=args.config, saved=saved,
-                           saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
+    values = cfgmod.cli_values(args)
+
+    def resolve(config_file: Path | None = None, repo_file: Path | None = None) -> cfgmod.Resolved:
+        return cfgmod.resolve(cli=values, env=env, config_file=config_file, repo_pyproject=repo_file, saved=saved,
+                              saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}",
+                              trust_repo=args.trust_repo_config)
+
+    # The file where the runner stands is the runner's own, unless it lies in
+    # the notebook repo (named without it, or by it: your own folder of
+    # notebooks is the repo); then it is the repo's, and limited as such.
+    runner_file, repo_file = args.config, None
+    here = cfgmod.find_config(Path.cwd()) if runner_file is None else None
+    if here is not None:
+        if _in_repo(here, resolve().config, repo_dir) or _in_repo(here, resolve(config_file=here).config, repo_dir):
+            repo_file = here
+        else:
+            runner_file = here
+    first = resolve(config_file=runner_file, repo_file=repo_file)
     if repo_dir is None and first.config.repo_is_local:
         repo_dir = Path(first.config.repo).expanduser()
-    if repo_dir is None or args.config is not None:
-        return first
-    return cfgmod.resolve(cli=cli_values, env=env, config_file=None, repo_pyproject=repo_dir / "pyproject.toml",
-                          saved=saved, saved_label=f"resume {args.resume}/{artifacts.CONFIG_JSON}")
+    if repo_dir is None:
+        return first  # a git URL: its own config is read once it is cloned (reconfigure)
+    return resolve(config_file=runner_file, repo_file=cfgmod.find_config(repo_dir))
+
+
+def _in_repo(path: Path, cfg: cfgmod.FlowConfig, repo_dir: Path | None) -> bool:
+    repo = repo_dir if repo_dir is not None else Path(cfg.repo).expanduser() if cfg.repo_is_local else None
+    return repo is not None and path.resolve().is_relative_to(repo.resolve())
 
 
 def _call(args: argparse.Namespace) -> RunResult | None:
     env = os.environ
+    for line in cfgmod.unknown_env(env):
+        log.warning(line)
     resolved = _resolve(args, env)
+    if resolved.config.token_env:  # before any child starts: each withholds and redacts it
+        declare_secret(resolved.config.token_env)
     if args.print_config:
         print(redact(resolved.render()))
         return None

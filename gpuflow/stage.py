@@ -63,6 +63,10 @@ def fetch_repo(
     t0 = time.monotonic()
     source = Path(repo).expanduser()
     if source.is_dir() and revision is None:
+        here, there = source.resolve(), dest.resolve()
+        if here == there or here in there.parents or there in here.parents:
+            # emptying DEST before the copy would empty the test repo itself
+            raise errors.UnsafePathError(f"--dest {dest} overlaps the test repo {repo}; choose a separate --dest")
         _copy_tree(source, dest)
         return RepoResult(source=repo, path=dest, commit=None, copied=True,
                           duration_s=round(time.monotonic() - t0, 3))
@@ -85,6 +89,9 @@ def _copy_tree(source: Path, dest: Path) -> None:
 
 def _input_folder(dest: Path, input_dir: str) -> Path:
     folder = contained(dest, input_dir)
+    if folder.resolve() == dest.resolve():
+        # the input folder is emptied before staging: never the whole repo
+        raise errors.UnsafePathError(f"--input-dir {input_dir!r} is the test repo itself; name a folder inside it")
     if folder.is_symlink():
         # emptying it would empty whatever it points to
         raise errors.UnsafePathError(f"{input_dir!r} in {dest} is a symlink; refusing to empty it")

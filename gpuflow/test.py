@@ -25,21 +25,24 @@ import hashlib
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from gpuflow.core import artifacts, errors, proc, tables
+from gpuflow.core import artifacts, errors, proc, secrets, tables
 from gpuflow.core.artifacts import ArtifactDir
 from gpuflow.core.cachedir import cache_dir
-from gpuflow.core.log import log
+from gpuflow.core.fsutil import atomic_write_text
+from gpuflow.core.log import log, redact
 from gpuflow.core.step import Step
 from gpuflow.report.junit import TestCounts, TestDetails, parse_junit
 
 PLUGINS = {"pytest_cov": "pytest-cov", "pytest_html": "pytest-html"}
 REQUIREMENT_FILES = ("requirements.txt", "requirements-test.txt", "requirements-dev.txt")
 GATE_PLUGIN = "gpuflow_pytest_gate"
+ESCAPE_PLUGIN = "gpuflow_pytest_html_escape"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +76,10 @@ class TestResult(TestCounts):
                                      + ", ".join(self.failing[:3]))
         elif self.exit_code == 5:
             exc = errors.NoTestsCollected("pytest collected no tests (check --marker)")
+        elif self.exit_code > 128:
+            stop = errors.Interrupted if self.exit_code == errors.Interrupted.exit_code else errors.Terminated
+            raise stop(f"pytest was stopped by signal {self.exit_code - 128}", signum=self.exit_code - 128,
+                       details=self.details())
         else:
             exc = errors.UsageError(f"pytest could not run the tests (exit {self.exit_code}): "
                                     f"usage or collection error, see {artifacts.PYTEST_LOG}")
@@ -210,16 +217,23 @@ def gate_env(gate: Path) -> dict[str, str]:
     a copy of the plugin beside the gate, on PYTHONPATH, so the test env needs no gpuflow."""
     from gpuflow._embedded import pytest_gate as _pytest_gate
 
-    plugin_dir = gate.parent / "pytest-plugin"
+    return {**_plugin_env(gate.parent / "pytest-plugin", {GATE_PLUGIN: _pytest_gate.__file__}),
+            _pytest_gate.GATE_ENV: str(gate)}
+
+
+def _plugin_env(plugin_dir: Path, plugins: dict[str, str], base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` with copies of the embedded pytest plugins on PYTHONPATH."""
     plugin_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_pytest_gate.__file__, plugin_dir / f"{GATE_PLUGIN}.py")
-    path = os.pathsep.join(p for p in (str(plugin_dir), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, _pytest_gate.GATE_ENV: str(gate), "PYTHONPATH": path}
+    for name, source in plugins.items():
+        shutil.copyfile(source, plugin_dir / f"{name}.py")
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(plugin_dir), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def run_tests(
     repo_dir: Path, *, marker: str, out_dir: Path, install: bool = True, python: str | None = None,
-    gate: Path | None = None, echo: Callable[[str], None] | None = None,
+    gate: Path | None = None, echo: Callable[[str], None] | None = None, pass_env: Sequence[str] = (),
 ) -> TestResult:
     """Run the repo's pytest; the result carries the counts from its JUnit XML.
     Test failures do not raise: call `raise_for_status()` for that.
@@ -239,15 +253,42 @@ def run_tests(
     junit = ArtifactDir(out_dir).junit_xml
     junit.unlink(missing_ok=True)  # never read a previous run's results
     cmd = pytest_command(chosen, marker, out_dir, missing)
-    env = None
+    # the test repo's code runs here: it gets the runner's environment without its secrets
+    env = secrets.child_env(gate_env(gate) if gate is not None else None, pass_env)
     if gate is not None:
-        cmd, env = [*cmd, "-p", GATE_PLUGIN], gate_env(gate)
-    with open(ArtifactDir(out_dir).pytest_log, "w", encoding="utf-8") as tee:
-        done = proc.call(cmd, cwd=repo_dir, check=False, env=env, tee=tee, on_line=echo or log.raw)
+        cmd = [*cmd, "-p", GATE_PLUGIN]
+    with tempfile.TemporaryDirectory(prefix="gpuflow-pytest-") as plugins:
+        if "pytest-html" not in missing:
+            from gpuflow._embedded import pytest_html_escape
+
+            env = _plugin_env(Path(plugins), {ESCAPE_PLUGIN: pytest_html_escape.__file__}, env)
+            cmd = [*cmd, "-p", ESCAPE_PLUGIN]
+        with open(ArtifactDir(out_dir).pytest_log, "w", encoding="utf-8") as log_file:
+
+            def on_line(line: str) -> None:
+                log_file.write(redact(line))  # redacted as stderr is: the log is uploaded
+                log_file.flush()
+                (echo or log.raw)(line)
+
+            done = proc.call(cmd, cwd=repo_dir, check=False, env=env, on_line=on_line)
+    _redact_reports(ArtifactDir(out_dir))
     counts = parse_junit(junit, done.stdout) if junit.is_file() else TestCounts()
-    code = {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)
+    # killed by a signal (gpuflow run passes SIGTERM on): 128 + signal, as a shell says it
+    code = 128 - done.returncode if done.returncode < 0 else {0: 0, 1: 1, 5: 5}.get(done.returncode, 2)
     return TestResult(**vars(counts), exit_code=code, out_dir=out_dir, python=chosen,
                       duration_s=round(time.monotonic() - t0, 3))
+
+
+def _redact_reports(out: ArtifactDir) -> None:
+    # the test repo's tests may print a secret they found; the reports are uploaded
+    for path in (out.junit_xml, out.pytest_html):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        clean = redact(text)
+        if clean != text:
+            atomic_write_text(path, clean)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -257,11 +298,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-install", dest="install", action="store_false",
                    help="use the current interpreter as it is (offline)")
     p.add_argument("--python", default=None, help="run the tests with this interpreter, as it is")
+    p.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                   help="give pytest this variable although it looks like a secret (repeatable)")
 
 
 def _call(args: argparse.Namespace) -> TestResult:
     result = run_tests(args.repo_dir, marker=args.marker, out_dir=args.out_dir, install=args.install,
-                       python=args.python)
+                       python=args.python, pass_env=args.pass_env)
     log.info(str(result))
     result.raise_for_status()
     return result

@@ -72,8 +72,14 @@ class Logger:
 
     def _write(self, line: str) -> None:
         stream = self.stream or sys.stderr
-        stream.write(line + "\n")
-        stream.flush()
+        try:
+            stream.write(line + "\n")
+            stream.flush()
+        except OSError:
+            # the reader is gone (the parent `gpuflow run` was killed): a step
+            # must still stop its kernel and save, so it goes on without a log
+            # instead of dying, or hanging, on an exception raised in a callback
+            self.stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
     def _emit(self, level: str, message: str, **fields: object) -> None:
         message = redact(message)

@@ -1,13 +1,17 @@
 """The one subprocess helper. No other gpuflow module imports `subprocess`."""
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import os
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -22,6 +26,39 @@ class Completed:
     returncode: int
     stdout: str
     stderr: str
+
+
+# Linux's prctl, looked up once before any fork: the child only calls it.
+_PR_SET_PDEATHSIG = 1
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+    _prctl = None
+
+# File descriptors every child keeps open: `gpuflow run` puts its run lock
+# here, so the lock is held until the last child is gone and a resumed run
+# can never start beside an orphan of the one before.
+_held_fds: set[int] = set()
+
+
+@contextlib.contextmanager
+def held_by_children(fd: int) -> Iterator[None]:
+    _held_fds.add(fd)
+    try:
+        yield
+    finally:
+        _held_fds.discard(fd)
+
+
+def _die_with_parent(parent: int) -> None:
+    # Runs in the child between fork and exec. Each child has its own session
+    # (so that one killpg stops its grandchildren), so a kill -9 of our process
+    # group never reaches it: the kernel sends SIGTERM when we die instead,
+    # which gpuflow's steps answer by stopping their kernels and saving.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # we died before the prctl took effect
+        os._exit(128 + signal.SIGTERM)
 
 
 # Children alive right now, so that `gpuflow run` can pass a Ctrl-C or SIGTERM
@@ -82,6 +119,8 @@ def call(
         text=True,
         errors="replace",
         start_new_session=True,  # own process group: one killpg reaches grandchildren
+        preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+        pass_fds=tuple(_held_fds),
     )
     with _live_lock:
         _live[proc.pid] = proc

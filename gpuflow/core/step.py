@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from gpuflow.core import cli, errors, proc, record
+from gpuflow.core import cli, errors, proc, record, secrets
 from gpuflow.core.log import log, redact
 
 R = TypeVar("R")
@@ -82,6 +82,7 @@ class Step(Generic[R]):
         except SystemExit as exc:  # argparse: --help is 0, bad usage is 2
             return int(exc.code or 0)
         log.configure(args.log_format, prefix=self.prog, debug=args.debug)
+        secrets.register()  # a parent's secrets are redacted here too
 
         def cli_call() -> R:
             with cli.signals_raise():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -34,3 +35,10 @@ def dataclass_table(obj: Any) -> str:
     """A two-column field/value table of a dataclass instance (for Jupyter)."""
     rows = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.repr]
     return table(rows, header=("field", "value"), caption=type(obj).__name__)
+
+
+def href(*segments: str) -> str:
+    """A relative link to a file gpuflow wrote, for an `href` attribute: each
+    segment percent-encoded, so a name such as `javascript:alert(1)` stays a
+    file name and never becomes a scheme, a query or a second attribute."""
+    return "/".join(urllib.parse.quote(seg, safe="") for seg in segments)

@@ -1,14 +1,24 @@
 """The one configuration resolver of `gpuflow run`.
 
 Order, lowest to highest: built-in defaults < a resumed run's saved config <
-the TOML file (`--config FILE`, else `[tool.gpuflow]` in the notebook repo's
-pyproject.toml) < `GPUFLOW_<OPTION>` environment variables < CLI flags.
-Each value remembers where it came from, for `gpuflow run --print-config`.
+the notebook repo's config file < the runner's config file < `GPUFLOW_<OPTION>`
+environment variables < CLI flags. Each value remembers where it came from,
+for `gpuflow run --print-config`.
+
+A config file is `gpuflow.toml`, else `[tool.gpuflow]` in `pyproject.toml`.
+The runner's is `--config FILE`, else the one where the runner stands, when
+that is outside the notebook repo. The repo's own file is written by whoever
+wrote the notebooks (a pull request from a fork, say), so it may only shape
+the notebooks' work (`REPO_KEYS`); what touches secrets, hosts or the
+runner's files is taken only from the runner's side, unless the runner passes
+`--trust-repo-config`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import difflib
 import json
 import re
 import sys
@@ -17,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpuflow.core import secrets
 from gpuflow.core.errors import ConfigError
+from gpuflow.core.log import log
 from gpuflow.flow.select import RUN_TYPES
 from gpuflow.gpu.guard import GPU_POLICIES, RMM_POLICIES
 
@@ -38,6 +50,16 @@ BUNDLED_TESTS_REL = "examples/notebook-tests"
 ENV_PREFIX = "GPUFLOW_"
 PROFILES = ("full", "lite")
 DATASET_KEYS = ("url", "dest", "sha256", "size")
+CONFIG_FILES = ("gpuflow.toml", "pyproject.toml")
+# What a file inside the notebook repo may set: the shape of the notebooks'
+# own work, nothing that names a secret, a host or a path of the runner's.
+REPO_KEYS = frozenset({"notebooks", "exclude", "parameters", "lite_parameters", "timeouts", "requires",
+                       "html_name", "marker", "kernel"})
+# Options that are paths: a relative one in a config file is relative to that file.
+PATH_KEYS = ("repo", "test_repo", "out")
+# GPUFLOW_* variables that are not options but are read elsewhere.
+OTHER_ENV = frozenset({"GPUFLOW_CACHE_DIR", "GPUFLOW_PYTEST_GATE", secrets.SECRET_ENV, "GPUFLOW_GPU_OUT",
+                       "GPUFLOW_GPU_REPEATS", "GPUFLOW_UID", "GPUFLOW_GID"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +105,7 @@ class FlowConfig:
     @property
     def repo_is_local(self) -> bool:
         """A path, not a URL (`https://`, `file://`, `git@host:`): used in place, not cloned."""
-        return "://" not in self.repo and not re.match(r"^[\w.-]+@[\w.-]+:", self.repo)
+        return _is_local(self.repo)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
@@ -137,7 +159,7 @@ OPTIONS: dict[str, Option] = {
     "gpus": Option("str", "GPUs to spread notebooks over: '0,1' or 'all'; '' runs without pinning"),
     "fail_fast": Option("bool", "after a notebook fails, start no further notebooks"),
     "skip_tests_on_failure": Option("bool", "skip the test step of a notebook that failed"),
-    "pass_env": Option("list", "environment variables the kernel gets although their names look like "
+    "pass_env": Option("list", "environment variables the kernel and pytest get although they look like "
                        "secrets (TOKEN, KEY, PASSWORD...); all such variables are withheld by default"),
     "sanitize_html": Option("bool", "strip scripts and unsafe markup from the HTML report "
                             "(for notebooks whose output you do not trust)"),
@@ -152,6 +174,7 @@ DEFAULTS = FlowConfig()
 class Resolved:
     config: FlowConfig
     sources: dict[str, str]
+    ignored: dict[str, str] = field(default_factory=dict)  # option -> the repo file that tried to set it
 
     def render(self) -> str:
         """`name = value  # source` lines (values in TOML-compatible JSON)."""
@@ -159,7 +182,8 @@ class Resolved:
         lines = []
         for name in OPTIONS:
             value = json.dumps(_plain(getattr(self.config, name)))
-            lines.append(f"{name:<{width}} = {value}  # {self.sources[name]}")
+            note = f"; ignored from {self.ignored[name]} (the notebook repo's)" if name in self.ignored else ""
+            lines.append(f"{name:<{width}} = {value}  # {self.sources[name]}{note}")
         return "\n".join(lines)
 
 
@@ -179,6 +203,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="TOML file: top-level keys, or [tool.gpuflow] in a pyproject.toml")
     g.add_argument("--print-config", action="store_true",
                    help="print the merged configuration and where each value came from, then exit")
+    g.add_argument("--trust-repo-config", action="store_true",
+                   help="let the notebook repo's own config file set every option, secrets and hosts "
+                        "included (only for a repo whose every commit you trust)")
     for name, opt in OPTIONS.items():
         if not opt.cli:
             continue
@@ -215,9 +242,9 @@ def cli_values(args: argparse.Namespace) -> dict[str, Any]:
         if raw is None:
             continue
         if name == "parameters":
-            import yaml  # lazy: only when -p is used
+            from gpuflow.notebook.params import bounded_yaml
 
-            raw = {key: yaml.safe_load(text) for key, text in raw}
+            raw = {key: bounded_yaml(text, f"-p {key}") for key, text in raw}
         values[name] = raw
     return values
 
@@ -230,15 +257,21 @@ def resolve(
     repo_pyproject: Path | None = None,
     saved: Mapping[str, Any] | None = None,
     saved_label: str = "resume",
+    trust_repo: bool = False,
 ) -> Resolved:
     """Merge every source into one FlowConfig; raises ConfigError naming the
-    offending key, variable or file."""
+    offending key, variable or file. `config_file` is the runner's own file;
+    `repo_pyproject` a file inside the notebook repo (see REPO_KEYS)."""
     layers: list[tuple[str, Mapping[str, Any]]] = [("default", DEFAULTS.to_dict())]
     if saved:
         layers.append((saved_label, _check_known(dict(saved), saved_label)))
-    file_layer = _file_layer(config_file, repo_pyproject)
-    if file_layer is not None:
-        layers.append(file_layer)
+    ignored: dict[str, str] = {}
+    # the repo's own file first, the runner's file over it
+    repo_layer = _repo_layer(repo_pyproject, trust_repo, ignored)
+    if repo_layer is not None:
+        layers.append(repo_layer)
+    if config_file is not None:
+        layers.append((str(config_file), read_toml(config_file)))
     layers.append(("env", _env_layer(env)))
     layers.append(("cli", dict(cli or {})))
     merged: dict[str, Any] = {}
@@ -248,7 +281,7 @@ def resolve(
             merged[name] = _validate(name, value, _where(label, name))
             sources[name] = _where(label, name)
     _default_repo(merged, sources, config_file)
-    return Resolved(config=_build(merged), sources=sources)
+    return Resolved(config=_build(merged), sources=sources, ignored=ignored)
 
 
 def demo_root() -> Path:
@@ -275,29 +308,72 @@ def _default_repo(merged: dict[str, Any], sources: dict[str, str], config_file: 
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Options in a TOML file: `[tool.gpuflow]` of a pyproject.toml, else the top level."""
+    """Options in a TOML file: `[tool.gpuflow]` of a pyproject.toml, else the
+    top level; relative paths in it are relative to the file's directory."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     if path.name == "pyproject.toml":
         data = data.get("tool", {}).get("gpuflow", {})
-    return _check_known(data, str(path))
+    values = _check_known(data, str(path))
+    for key in PATH_KEYS:
+        value = values.get(key)
+        if isinstance(value, str) and value and _is_local(value) and not Path(value).expanduser().is_absolute():
+            values[key] = str(path.parent.absolute() / value)
+    return values
 
 
-def _file_layer(config_file: Path | None, repo_pyproject: Path | None) -> tuple[str, dict[str, Any]] | None:
-    # One file, never two: an explicit --config replaces the repo's own settings.
-    if config_file is not None:
-        return str(config_file), read_toml(config_file)
-    if repo_pyproject is not None and repo_pyproject.is_file():
-        values = read_toml(repo_pyproject)
-        for key in ("repo", "revision"):
-            if key in values:
-                raise ConfigError(f"{repo_pyproject}: `{key}` cannot be set inside the repo it names")
-        return (str(repo_pyproject), values) if values else None
+def find_config(directory: Path) -> Path | None:
+    """`gpuflow.toml` in `directory`, else its `pyproject.toml` when that has a `[tool.gpuflow]` table."""
+    for name in CONFIG_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        if name != "pyproject.toml":
+            return path
+        try:
+            if "gpuflow" in tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}):
+                return path
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return path  # read_toml says what is wrong with it
     return None
+
+
+def _repo_layer(repo_file: Path | None, trust_repo: bool,
+                ignored: dict[str, str]) -> tuple[str, dict[str, Any]] | None:
+    if repo_file is None or not repo_file.is_file():
+        return None
+    values = read_toml(repo_file)
+    if not trust_repo:
+        for key in [k for k in values if k not in REPO_KEYS]:
+            del values[key]
+            ignored[key] = str(repo_file)
+            log.warning(f"{repo_file}: `{key}` ignored: the notebook repo may not set it; set it from the "
+                        f"runner's side ({flag_name(key) if OPTIONS[key].cli else 'a --config file'}, "
+                        f"{env_name(key)}, or --config FILE outside the repo)")
+    return (str(repo_file), values) if values else None
+
+
+def _is_local(value: str) -> bool:
+    """A path, not a URL (`https://`, `file://`, `git@host:`)."""
+    return "://" not in value and not re.match(r"^[\w.-]+@[\w.-]+:", value)
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """One warning line per GPUFLOW_* variable that gpuflow does not read."""
+    known = {env_name(n) for n in OPTIONS} | OTHER_ENV
+    lines = []
+    for name in sorted(n for n in env if n.startswith(ENV_PREFIX) and n not in known):
+        lines.append(f"{name} is not a gpuflow variable, so it is ignored{_did_you_mean(name, known)}")
+    return lines
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
@@ -316,7 +392,8 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
 def _check_known(values: dict[str, Any], where: str) -> dict[str, Any]:
     for key in values:
         if key not in OPTIONS:
-            hint = f" (did you mean {key.replace('-', '_')!r}?)" if key.replace("-", "_") in OPTIONS else ""
+            fixed = key.replace("-", "_")
+            hint = f" (did you mean {fixed!r}?)" if fixed in OPTIONS else _did_you_mean(key, OPTIONS)
             raise ConfigError(f"{where}: unknown option {key!r}{hint}")
     return values
 
@@ -356,6 +433,12 @@ def _validate(name: str, value: Any, where: str) -> Any:
         value = tuple(value)
     elif kind == "table" and not isinstance(value, Mapping):
         raise bad
+    elif name == "timeouts":
+        for key, seconds in value.items():
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                raise ConfigError(f"{where}: timeouts.{key} must be a number of seconds, not {seconds!r}")
+    elif kind == "table":
+        value = _dates_as_text(value)
     elif kind == "datasets":
         value = _validate_datasets(value, where)
     return value
@@ -374,6 +457,11 @@ def _validate_datasets(value: Any, where: str) -> tuple[dict[str, Any], ...]:
         for key in ("url", "dest"):
             if not isinstance(item.get(key), str) or not item[key]:
                 raise ConfigError(f"{where}: datasets[{i}].{key} is required")
+        if item.get("sha256") is not None and not isinstance(item["sha256"], str):
+            raise ConfigError(f"{where}: datasets[{i}].sha256 must be a string of hex digits, not {item['sha256']!r}")
+        size = item.get("size")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+            raise ConfigError(f"{where}: datasets[{i}].size must be a number of bytes, not {size!r}")
         out.append(dict(item))
     return tuple(out)
 
@@ -390,6 +478,19 @@ def _build(merged: dict[str, Any]) -> FlowConfig:
     merged["requires"] = dict(merged["requires"] or {})
     merged["pass_env"] = tuple(merged["pass_env"] or ())
     return FlowConfig(**merged)
+
+
+def _dates_as_text(value: Any) -> Any:
+    """TOML dates and times as the text they were written as: papermill keeps
+    YAML dates as strings, and a date could not be saved to config.json or
+    handed to execute as JSON, which would lose a run at its end."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _dates_as_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_dates_as_text(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

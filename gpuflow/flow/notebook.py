@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -78,6 +79,8 @@ class Flow:
     background: Executor  # fetches the test repo and copies it, off the critical path
     testers: Executor  # runs each notebook's pytest, started early and held at a gate
     stop: threading.Event = field(default_factory=threading.Event)
+    # the signal that stopped the run, when one did (`stop` also means --fail-fast)
+    stopped_by: errors.Stopped | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,6 +151,8 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
             elif job.html.exists():
                 if note(_stage(flow, job, copy)).exit_code == 0 and not flow.stop.is_set():
                     note(_test(flow, job, cache, early))
+        if flow.stopped_by is not None:
+            _note_stop(flow.stopped_by, job, ran, note)
     finally:
         if early is not None:
             early.close("the notebook's tests are not run in this run")
@@ -163,6 +168,25 @@ def run_notebook(flow: Flow, job: NotebookJob, slot: Slot) -> NotebookResult:
         failed_step=failed_step.step if failed_step else None, error=failed_step.error if failed_step else None,
         duration_s=round(time.monotonic() - t0, 3), retried=job.retried,
     )
+
+
+def _note_stop(stopped: errors.Stopped, job: NotebookJob, ran: dict[str, harness.Ran[Any]],
+               note: Callable[[harness.Ran[Any]], harness.Ran[Any]]) -> None:
+    """The first step a signal kept from running is recorded as stopped by
+    it (143, 130), so the notebook's summary says what happened to it."""
+    from gpuflow.convert import STEP as CONVERT
+    from gpuflow.stage import STEP as STAGE
+    from gpuflow.test import STEP as TEST
+
+    if any(isinstance(r.exception, errors.Stopped) or r.exit_code == stopped.exit_code for r in ran.values()):
+        return  # a step already says so
+    for step in (CONVERT, STAGE, TEST):
+        if step.name not in ran:
+            def raise_stop() -> None:
+                raise type(stopped)(f"not run: {stopped}", signum=stopped.signum)
+
+            note(harness.run(step, job.dir, raise_stop))
+            return
 
 
 def _record_history(cfg: cfgmod.FlowConfig, job: NotebookJob, duration_s: float) -> None:
@@ -350,7 +374,7 @@ def start_tests(flow: Flow, job: NotebookJob, copy: Future[RepoResult]) -> Early
         repo = copy.result().path
         base = flow.test_base.result()  # type: ignore[union-attr]
         return run_tests(repo, marker=flow.config.marker, out_dir=out_dir, install=False,
-                         python=base.python, gate=gate, echo=lines)
+                         python=base.python, gate=gate, echo=lines, pass_env=flow.config.pass_env)
 
     return EarlyTests(gate=gate, out_dir=out_dir, future=flow.testers.submit(tests), lines=lines)
 

@@ -7,31 +7,23 @@ each pinned to its own GPU with CUDA_VISIBLE_DEVICES.
 from __future__ import annotations
 
 import os
-import re
 import signal
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-# Names that look like credentials are kept out of the kernel unless passed
-# through by name: a notebook's outputs (and the HTML made from them) are
-# artifacts that get uploaded, and `%env` or a traceback prints variables.
-SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|PRIVATE_?KEY|ACCESS_?KEY",
-    re.IGNORECASE,
-)
+from gpuflow.core import secrets
 
 
 def kernel_env(base: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()) -> dict[str, str]:
-    """The kernel's environment: `base` (default `os.environ`) without the
-    variables whose names look like secrets, except those in `pass_env`."""
-    keep = set(pass_env)
-    source = os.environ if base is None else base
-    return {k: v for k, v in source.items() if k in keep or not SECRET_NAME.search(k)}
+    """The kernel's environment: `base` (default `os.environ`) without its
+    secrets (see core/secrets.py), except those in `pass_env`. A notebook's
+    outputs, and the HTML made from them, are artifacts that get uploaded,
+    and `%env` or a traceback prints variables."""
+    return secrets.child_env(base, pass_env)
 
 
 def withheld(base: Mapping[str, str] | None = None, pass_env: Iterable[str] = ()) -> list[str]:
-    source = os.environ if base is None else base
-    return sorted(set(source) - set(kernel_env(source, pass_env)))
+    return secrets.withheld(base, pass_env)
 
 
 def new_manager(kernel_name: str) -> Any:

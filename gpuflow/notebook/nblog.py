@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,12 +24,14 @@ class _Tee:
 
     def write(self, text: str) -> int:
         self.fh.write(redact(text))
-        sys.stderr.write(text)
+        with suppress(OSError):  # stderr's reader is gone: the file still gets it
+            sys.stderr.write(text)
         return len(text)
 
     def flush(self) -> None:
         self.fh.flush()
-        sys.stderr.flush()
+        with suppress(OSError):
+            sys.stderr.flush()
 
 
 FILE_ONLY = {"console": False}  # `extra=` for a line that belongs in the file alone

@@ -78,9 +78,9 @@ def load_notebook(path: Path) -> Any:
 
     data = _read_json(path)
     major = data.get("nbformat")
-    if not isinstance(major, int) or not isinstance(data.get("metadata", {}), dict):
+    if isinstance(major, bool) or not isinstance(major, int) or not isinstance(data.get("metadata", {}), dict):
         raise InputError(f"{path} is not a Jupyter notebook (no integer 'nbformat' field)")
-    if major not in nbformat.versions:
+    if major not in nbformat.versions or major < 2:
         raise InputError(f"{path} is nbformat {major}; gpuflow reads nbformat 2 to 4")
     if major >= 4 and not isinstance(data.get("cells"), list):
         raise InputError(f"{path} is not a Jupyter notebook (no 'cells' list)")
@@ -150,6 +150,8 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise InputError(f"{path} is not UTF-8 text, not a notebook") from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise InputError(f"{path} is not a notebook: its JSON is nested too deeply") from None
     except json.JSONDecodeError as exc:
         hint = " (truncated?)" if exc.pos >= len(text.rstrip()) else ""
         raise InputError(

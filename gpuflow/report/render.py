@@ -7,7 +7,6 @@ import html
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 from gpuflow.core import artifacts, tables
 from gpuflow.core.artifacts import ArtifactDir
@@ -38,9 +37,23 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _one_line(value: Any) -> str:
+    return " ".join(str(value).splitlines())
+
+
 def _md(value: Any) -> str:
-    text = "—" if value is None else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Markdown text for a value that may come from a notebook, a test or an
+    error: one line, no HTML, no table breaks, no links."""
+    text = "—" if value is None else _one_line(value)
+    text = html.escape(text, quote=False)
+    for ch in "\\|[]":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def _code(value: Any) -> str:
+    """A Markdown code span: literal inside, so only its own delimiter and line breaks matter."""
+    return "`" + _one_line(value).replace("`", "'") + "`"
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -119,7 +132,8 @@ def _findings_html(summary: Summary) -> list[str]:
 
 
 def markdown(summary: Summary) -> str:
-    lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
+    lines = [f"## {ICON[summary.status]} {_md(summary.title)}: {summary.status.upper()} (exit {summary.exit_code})",
+             ""]
     if summary.skip_reason:
         return "\n".join([*lines, f"Skipped: {_md(summary.skip_reason)}", ""])
     lines += _findings_md(summary)
@@ -128,16 +142,16 @@ def markdown(summary: Summary) -> str:
     if counts is not None:
         lines += ["### Tests", *_md_table(("Metric", "Count"),
                                           [(label, getattr(counts, k)) for k, label in TEST_ROWS]), ""]
-        lines += [f"- ❌ `{t}`" for t in counts.failing] + ([""] if counts.failing else [])
+        lines += [f"- ❌ {_code(t)}" for t in counts.failing] + ([""] if counts.failing else [])
     else:
         lines += ["### Tests", f"⚠️ No JUnit XML ({artifacts.JUNIT_XML}): the tests did not run or wrote no results.", ""]
     facts = _fact_rows(summary)
     if facts:
         lines += ["### Notebook and GPU", *_md_table(("Fact", "Value"), facts), ""]
     lines += ["### Artifacts", *_md_table(("File", "Size"),
-                                          [(f"`{a.path}`", _size(a.bytes)) for a in summary.artifacts]), ""]
+                                          [(a.path, _size(a.bytes)) for a in summary.artifacts]), ""]
     if summary.missing:
-        lines += ["### ⚠️ Missing", *[f"- `{m}`" for m in summary.missing], ""]
+        lines += ["### ⚠️ Missing", *[f"- {_code(m)}" for m in summary.missing], ""]
     return "\n".join(lines)
 
 
@@ -191,15 +205,16 @@ def _run_reason(summary: RunSummary) -> str | None:
 
 
 def run_markdown(summary: RunSummary) -> str:
-    lines = [f"## {ICON[summary.status]} {summary.title}: {summary.status.upper()} (exit {summary.exit_code})", ""]
+    lines = [f"## {ICON[summary.status]} {_md(summary.title)}: {summary.status.upper()} (exit {summary.exit_code})",
+             ""]
     if summary.skip_reason:
-        lines += [f"{summary.skip_reason.capitalize()}: nothing ran, nothing failed.", ""]
+        lines += [f"{_md(summary.skip_reason.capitalize())}: nothing ran, nothing failed.", ""]
     reason = _run_reason(summary)
     if reason:
         lines += [f"**Reason:** {_md(reason)}", ""]
     rows = [(f"{ICON[s.status]} {s.status}", name, s.exit_code, *cells) for name, s, cells in _run_rows(summary)]
     lines += _md_table(RUN_HEADER, rows)
-    text = "\n".join(lines + [""] + [f"- ⚠️ {m}" for m in summary.missing])
+    text = "\n".join(lines + [""] + [f"- ⚠️ {_md(m)}" for m in summary.missing])
     if summary.schedule is None:
         return text
     schedule = [_makespan(summary.schedule), "", *_md_table(SLOT_HEADER, _slot_rows(summary.schedule))]
@@ -243,7 +258,7 @@ def _links(artifact_dir: ArtifactDir) -> str:
         found = sorted(artifact_dir.path.glob(pattern)) if "*" in pattern else [artifact_dir.path / pattern]
         for path in found:
             if path.is_file():  # index.html is written last: summary.json is there
-                items.append(f'<li><a href="{html.escape(path.name)}">{html.escape(label)}</a></li>')
+                items.append(f'<li><a href="{tables.href(path.name)}">{html.escape(label)}</a></li>')
             else:
                 items.append(f"<li>{html.escape(label)}: <em>missing</em></li>")
     return "<h2>Files</h2><ul>" + "".join(items) + "</ul>"
@@ -278,7 +293,7 @@ RUN_LINKS = (("notebook", artifacts.OUTPUT_HTML_GLOB), ("pytest report", artifac
 
 def _href(*parts: str) -> str:
     # relative links only: the run dir is uploaded and opened from anywhere
-    return html.escape("/".join(quote(p) for p in parts), quote=True)
+    return html.escape(tables.href(*parts), quote=True)
 
 
 def _run_links(name: str, s: Summary) -> str:

@@ -81,10 +81,10 @@ def test_bug_in_a_run_level_step_is_exit_70_with_its_traceback(tmp_path: Path) -
     # a bug where the datasets step calls out, without touching gpuflow's own code
     broken = ("import urllib.request\n"
               "def urlopen(*args, **kwargs):\n    raise RuntimeError('injected bug')\n"
-              "urllib.request.urlopen = urlopen\n")
+              "urllib.request.urlopen = urlopen\nurllib.request.OpenerDirector.open = urlopen\n")
     out = tmp_path / "out"
     done = gpuflow_run(["--repo", str(repo), "--test-repo", "", "--out", str(out), "--gpu", "off",
-                        "--notebooks", "nb.ipynb"], wrapper=broken)
+                        "--notebooks", "nb.ipynb", "--trust-repo-config"], wrapper=broken)
     assert done.returncode == errors.INTERNAL, done.stderr[-3000:]
     assert "Traceback" in done.stderr and "RuntimeError: injected bug" in done.stderr
     assert "gpuflow.run: injected bug" in done.stderr.splitlines()[-1]

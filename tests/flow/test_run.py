@@ -263,8 +263,9 @@ def test_git_repo_with_its_own_config_and_a_dataset(tmp_path: Path, test_repo: P
             '[tool.gpuflow]\nnotebooks = ["nb.ipynb"]\nmarker = "single_cell"\n'
             f'[[tool.gpuflow.datasets]]\nurl = "{url}"\ndest = "data/cells.txt"\nsha256 = "{digest}"\n')})
         out = tmp_path / "out"
+        # datasets are the runner's to name: this repo is trusted by the runner
         assert main(["--repo", origin.as_uri(), "--test-repo", str(test_repo), "--out", str(out),
-                     "--gpu", "off"]) == 0
+                     "--gpu", "off", "--trust-repo-config"]) == 0
     finally:
         server.shutdown()
     run_dir = only_run(out)

@@ -74,20 +74,22 @@ def test_checksum_mismatch_exit_3_and_nothing_at_dest(served: FileServer, tmp_pa
     assert proc.returncode == 3 and "sha256 mismatch" in proc.stderr.splitlines()[-1]
 
 
-def _stale_part(dest: Path, url: str, data: bytes) -> None:
+def _stale_part(dest: Path, url: str, data: bytes, served: bytes) -> None:
+    """A .part left by an earlier run, with the ETag the server sends for `served` (so it is resumed)."""
+    etag = '"' + hashlib.sha256(served).hexdigest()[:16] + '"'
     dest.with_name(dest.name + ".part").write_bytes(data)
-    dest.with_name(dest.name + ".part.json").write_text(json.dumps({"url": url, "validator": None}))
+    dest.with_name(dest.name + ".part.json").write_text(json.dumps({"url": url, "validator": etag}))
 
 
 def test_corrupt_resumed_file_is_downloaded_again(served: FileServer, payload: bytes, tmp_path: Path) -> None:
     dest, url = tmp_path / "f", served.url("/data.h5ad")
-    _stale_part(dest, url, b"garbage" * 1000)
+    _stale_part(dest, url, b"garbage" * 1000, payload)
     result = dl.download(url, dest, sha256=sha(payload))
     assert dest.read_bytes() == payload and result.source == "network"
     assert [r for r, _, _ in served.faults.log] == ["bytes=7000-", None]
     served.files["/data.h5ad"] = b"changed upstream" + payload  # still wrong after the fresh download
     dest.unlink()
-    _stale_part(dest, url, payload[:1000])
+    _stale_part(dest, url, payload[:1000], served.files["/data.h5ad"])
     with pytest.raises(ChecksumError, match="also after a fresh download"):
         dl.download(url, dest, sha256=sha(payload))
     assert not dest.exists() and not dest.with_name("f.part").exists()

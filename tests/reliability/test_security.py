@@ -9,19 +9,11 @@ import pytest
 from tests.conftest import make_git_repo
 from tests.flow.test_run import OK, notebook, only_run, run_json
 from tests.network.conftest import publish
+from tests.security.conftest import everything_under
 
 pytestmark = pytest.mark.usefixtures("steps_present")
 
 SENTINEL = "gpf_SENTINEL_0123456789abcdef"
-
-
-def _haystacks(*roots: Path) -> dict[str, str]:
-    found = {}
-    for root in roots:
-        for path in root.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                found[str(path)] = path.read_bytes().decode("latin-1")
-    return found
 
 
 def test_sentinel_token_appears_nowhere(tmp_path: Path, git_server: Any, file_server: Any,
@@ -59,7 +51,7 @@ def test_sentinel_token_appears_nowhere(tmp_path: Path, git_server: Any, file_se
         assert (run_dir / "a" / name).is_file()
     configs = [p for p in (*work.rglob(".git/config"), *out.rglob(".git/config"))]
     assert len(configs) >= 3  # clone, stage and the run's checkouts
-    haystacks = {**_haystacks(work, out),
+    haystacks = {**everything_under(work, out),
                  "step summary": (tmp_path / "step_summary.md").read_text(), **printed,
                  "argv": "\n".join(a for w in watched for a in w.argv)}
     assert sum(len(w.argv) for w in watched) > 10  # the watcher did see the children (git, kernels, pytest)
@@ -100,7 +92,7 @@ def test_kernel_env_and_html_are_untrusted_by_default(tmp_path: Path, monkeypatc
     assert 'alert("pwned")</script>' in (plain / "env_output.html").read_text()
     assert 'alert("pwned")</script>' not in (strict / "env_output.html").read_text()
     assert "<b>bold</b>" in (strict / "env_output.html").read_text()
-    assert not [p for p, text in _haystacks(tmp_path / "plain", tmp_path / "strict").items() if SENTINEL in text]
+    assert not [p for p, text in everything_under(tmp_path / "plain", tmp_path / "strict").items() if SENTINEL in text]
 
 
 def test_clone_dest_holding_its_own_results_dir_is_refused(tmp_path: Path,
