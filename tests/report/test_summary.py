@@ -82,7 +82,8 @@ def test_all_records_give_success_and_junit_counts(art: Path) -> None:
     assert "NVIDIA H100 80GB HBM3" in md and "4 of 4 executed" in md
     assert "| GPU memory in use, peak (NVML; includes an RMM pool's reservation) | 20.00 GiB of 80.00 GiB |" in md
     assert "| GPU memory allocated by the notebook, peak (RMM) | 3.00 GiB |" in md
-    assert "| Heaviest cells (RMM peak) | In [2] 3.00 GiB, In [3] 1.00 GiB |" in md
+    # Markdown cells escape brackets (no links from notebook text): it renders as "In [2] 3.00 GiB, ..."
+    assert "| Heaviest cells (RMM peak) | In \\[2\\] 3.00 GiB, In \\[3\\] 1.00 GiB |" in md
     assert "<svg" in (art / "index.html").read_text()
     assert "<table>" in result._repr_html_()
 
