@@ -28,7 +28,9 @@ from gpuflow.core.fsutil import atomic_write_text
 from gpuflow.core.log import log
 
 HIDDEN_VALUES = ("", "void", "none", "-1", "nodevfiles")
-_SMI_QUERY = "index,name,memory.total,driver_version,uuid"
+_SMI_QUERY = "index,name,memory.total,driver_version,uuid,compute_cap"
+# drivers before 510 do not know `compute_cap` and refuse the whole query
+_SMI_QUERY_OLD = _SMI_QUERY.removesuffix(",compute_cap")
 PROBE_TIMEOUT_S = 20.0
 # The child that asks the CUDA driver itself (libcuda through ctypes: no CuPy,
 # no CUDA runtime, nothing to import but the standard library), so a broken
@@ -73,8 +75,12 @@ def nvidia_smi(env: Mapping[str, str]) -> dict[str, Any]:
     if exe is None:
         return {"status": "not found", "devices": []}
     try:
-        query = proc.call([exe, f"--query-gpu={_SMI_QUERY}", "--format=csv,noheader,nounits"],
-                          env=env, timeout=30, echo=False).stdout
+        try:
+            query = _smi_query(exe, _SMI_QUERY, env)
+        except CommandError as exc:
+            if "compute_cap" not in f"{exc} {exc.stdout} {exc.stderr}":
+                raise
+            query = _smi_query(exe, _SMI_QUERY_OLD, env)
     except (CommandError, UsageError, OSError) as exc:
         return {"status": f"failed ({str(exc).splitlines()[0]})", "devices": []}
     devices = parse_smi_query(query)
@@ -85,8 +91,13 @@ def nvidia_smi(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _smi_query(exe: str, fields: str, env: Mapping[str, str]) -> str:
+    return proc.call([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                     env=env, timeout=30, echo=False).stdout
+
+
 def parse_smi_query(text: str) -> list[dict[str, Any]]:
-    """Rows of `nvidia-smi --query-gpu=index,name,memory.total,driver_version,uuid
+    """Rows of `nvidia-smi --query-gpu=index,name,memory.total,driver_version,uuid[,compute_cap]
     --format=csv,noheader,nounits`; lines that are not such rows are skipped."""
     devices = []
     for line in text.splitlines():
@@ -97,6 +108,8 @@ def parse_smi_query(text: str) -> list[dict[str, Any]]:
         device: dict[str, Any] = {"index": int(parts[0]), "name": parts[1], "memory_mib": mem, "driver": parts[3]}
         if len(parts) > 4 and parts[4].startswith("GPU-"):
             device["uuid"] = parts[4]
+        if len(parts) > 5 and re.fullmatch(r"\d+\.\d+", parts[5]):
+            device["compute_capability"] = parts[5]  # "9.0": what a notebook's `requires` compares with
         devices.append(device)
     return devices
 

@@ -41,12 +41,25 @@ def test_fake_smi_makes_a_visible_gpu(fake_smi: Path) -> None:
 
 
 def test_smi_query_rows_are_parsed() -> None:
-    text = ("0, NVIDIA H100 80GB HBM3, 81559, 580.159.04, GPU-5d8c\n"
+    text = ("0, NVIDIA H100 80GB HBM3, 81559, 580.159.04, GPU-5d8c, 9.0\n"
             "1, NVIDIA H200, [N/A], 580.159.04, GPU-77aa\nNo devices were found\n")
     assert gpu.parse_smi_query(text) == [
         {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "driver": "580.159.04",
-         "uuid": "GPU-5d8c"},
+         "uuid": "GPU-5d8c", "compute_capability": "9.0"},
         {"index": 1, "name": "NVIDIA H200", "memory_mib": None, "driver": "580.159.04", "uuid": "GPU-77aa"}]
+
+
+def test_an_old_driver_without_compute_cap_still_lists_its_gpus(tmp_path: Path) -> None:
+    # drivers before 510 refuse a query that names `compute_cap`: ask again without it
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(
+        "#!/bin/sh\ncase \"$1\" in *compute_cap*) echo 'Field \"compute_cap\" is not a valid field to query.';"
+        " exit 2;; esac\necho '0, Tesla V100, 16160, 470.82.01, GPU-aa11'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    found = gpu.nvidia_smi({"PATH": str(bin_dir)})
+    assert found["devices"] == [{"index": 0, "name": "Tesla V100", "memory_mib": 16160, "driver": "470.82.01",
+                                 "uuid": "GPU-aa11"}]
 
 
 @pytest.mark.parametrize("stdout, expected", [
