@@ -128,6 +128,8 @@ def _findings_html(summary: Summary) -> list[str]:
     if line is None or summary.findings is None:
         return []
     rows = findings_mod.rows(summary.findings)
+    if not rows:  # a table with a header and no rows reads as something missing
+        return [f"<p>Findings: {html.escape(line)}.</p>"]
     return [tables.table(rows, header=FINDINGS_HEADER, caption=f"Findings: {line}")]
 
 
