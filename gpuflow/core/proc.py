@@ -55,6 +55,9 @@ def _die_with_parent(parent: int) -> None:
     # (so that one killpg stops its grandchildren), so a kill -9 of our process
     # group never reaches it: the kernel sends SIGTERM when we die instead,
     # which gpuflow's steps answer by stopping their kernels and saving.
+    # Linux ties this signal to the thread that forked, not the process:
+    # `call` waits for its child in that very thread, so the thread cannot end
+    # (and fire the signal) while the child still runs.
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent:  # we died before the prctl took effect
