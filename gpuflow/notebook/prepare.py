@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuflow.core.errors import InputError
+from gpuflow.core.errors import InputError, first_line
 from gpuflow.core.log import log
 
 GUARD_TAG = "gpuflow-guard"
@@ -93,7 +93,7 @@ def load_notebook(path: Path) -> Any:
     except InputError:
         raise
     except Exception as exc:  # nbformat raises ValidationError, KeyError, ValueError...
-        raise InputError(f"{path} is not a valid notebook: {_first_line(exc)}") from None
+        raise InputError(f"{path} is not a valid notebook: {first_line(exc)}") from None
     nb.metadata.setdefault("gpuflow", {})["input_nbformat"] = major
     return nb
 
@@ -107,9 +107,9 @@ def _validate(nbformat: Any, nb: Any, path: Path) -> None:
     except nbformat.ValidationError as exc:
         where = list(getattr(exc, "relative_path", None) or getattr(exc, "path", None) or [])
         if not where or where[0] != "metadata":
-            raise InputError(f"{path} is not a valid notebook: {_first_line(exc)}") from None
+            raise InputError(f"{path} is not a valid notebook: {first_line(exc)}") from None
         log.warning(f"{path}: notebook metadata off the schema, running it anyway "
-                    f"({'.'.join(map(str, where))}: {_first_line(exc)})")
+                    f"({'.'.join(map(str, where))}: {first_line(exc)})")
 
 
 def kernel_name(nb: Any, given: str | None) -> str:
@@ -160,11 +160,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{path} is not a Jupyter notebook (JSON {type(data).__name__}, not an object)")
     return data
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def prepare(nb: Any, *, guard_source: str | None = None, report_mode: bool = True) -> PrepareReport:
