@@ -9,7 +9,6 @@ with the right exit code (see docs/execute.md for the table).
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -18,7 +17,7 @@ from typing import Any
 
 from gpuflow.core import errors, tables
 from gpuflow.core.artifacts import ArtifactDir, notebook_name
-from gpuflow.core.log import log
+from gpuflow.core.log import log, strip_ansi
 from gpuflow.core.step import Step
 from gpuflow.gpu import guard as _guard
 from gpuflow.notebook import engine, prepare
@@ -198,7 +197,7 @@ def _cell_error(nb: Any) -> engine.Stop | None:
 
 
 def _plain(text: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", text).strip().splitlines()[0] if text.strip() else ""
+    return strip_ansi(text).strip().splitlines()[0] if text.strip() else ""
 
 
 def _add_banner(nb: Any, stop: engine.Stop) -> engine.Stop:

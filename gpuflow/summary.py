@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,7 +19,7 @@ from typing import Any
 from gpuflow.core import artifacts, errors, fsutil, record
 from gpuflow.core.artifacts import ArtifactDir, RunDir
 from gpuflow.core.fsutil import atomic_write_text, sha256_file
-from gpuflow.core.log import log
+from gpuflow.core.log import log, strip_ansi
 from gpuflow.core.step import Step, Verdict
 from gpuflow.report.findings import Findings, scan
 from gpuflow.report.junit import TestCounts, parse_junit
@@ -29,11 +28,10 @@ from gpuflow.report.model import ArtifactFile, CellMemory, GpuFacts, RunSummary,
 EXPECTED_STEPS = ("execute", "convert", "stage", "test")
 ORDER = ("preflight", "clone", "download", "execute", "convert", "stage", "test")
 MIB = 1 << 20
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def _first_line(error: str | None) -> str | None:
-    return _ANSI.sub("", error).splitlines()[0] if error else None
+    return strip_ansi(error).splitlines()[0] if error else None
 
 
 def _steps(out: ArtifactDir, records: list[record.StepRecord]) -> tuple[list[StepRow], list[str]]:

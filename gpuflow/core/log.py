@@ -35,6 +35,15 @@ def add_secret(value: str | None) -> None:
         _secrets.add(value)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """`text` without terminal escape codes (colours, cursor moves): what a
+    kernel's traceback or a cell's stderr carries, and no report should."""
+    return _ANSI.sub("", text)
+
+
 def redact(text: str) -> str:
     """Remove registered secrets, URL credentials and auth headers from text."""
     for secret in sorted(_secrets, key=len, reverse=True):

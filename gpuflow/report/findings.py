@@ -14,13 +14,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpuflow.core.log import strip_ansi
+from gpuflow.notebook.prepare import GUARD_TAG
+
 EXAMPLES = 3  # kept per kind: enough to act on, short enough for a step summary
 LINE_CHARS = 300
 # `path.py:12: DeprecationWarning: ...` as warnings.showwarning prints it, or a bare `FutureWarning: ...`
 WARNING = re.compile(r"\b[A-Z]\w*Warning: ")
 # cells gpuflow or papermill put in the output notebook: theirs, not the notebook's
-INJECTED_TAGS = ("gpuflow-guard", "injected-parameters", "papermill-error-cell-tag")
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+INJECTED_TAGS = (GUARD_TAG, "injected-parameters", "papermill-error-cell-tag")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +56,7 @@ def _text(value: Any) -> str:
 
 
 def _short(line: str) -> str:
-    line = _ANSI.sub("", line).strip()
+    line = strip_ansi(line).strip()
     return line if len(line) <= LINE_CHARS else line[:LINE_CHARS - 1] + "…"
 
 
