@@ -91,7 +91,10 @@ def execute_notebook(
         prepare.check_kernel(name)
     origin = {cell.get("id"): i for i, cell in enumerate(nb.cells)}
     opts = guard or _guard.GuardOptions()
-    facts = _guard.preflight(opts, known=gpu_facts) if not prepare_only else {}
+    # the driver probe (about 0.3 s of cuInit on a fresh pod) runs while the
+    # kernel starts; the check settles before the first cell
+    preflight = _guard.start_preflight(opts, known=gpu_facts) if not prepare_only else None
+    facts = preflight.facts if preflight is not None else {}
     cell_stats = _guard.cell_stats_path(opts, facts)
     guard_source = _guard.setup_cell_source(opts, facts, cell_stats)
     report = prepare.prepare(nb, guard_source=guard_source, report_mode=report_mode)
@@ -122,7 +125,8 @@ def execute_notebook(
             try:
                 with _guard.telemetry(opts, ArtifactDir(output_path.parent).telemetry, cell_stats, nb):
                     stop = engine.run_cells(nb_man, name, kernel_env, cwd, cell_timeout, timeout, logger,
-                                            guard_fallback=guard_fallback)
+                                            guard_fallback=guard_fallback,
+                                            before_cells=preflight.settle if preflight is not None else None)
             except errors.Stopped as exc:  # a signal before the kernel was up
                 stop = engine.Stop(exc=type(exc), what=str(exc), cell=None, banner=str(exc))
             finally:

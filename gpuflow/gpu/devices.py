@@ -7,7 +7,8 @@ the check here names what was looked at and what was missing, in one line.
 CUDA is never initialised in this process: the device count comes from a
 child Python that asks libcuda, so a broken driver cannot crash the runner.
 The check is one nvidia-smi call and, once per boot, driver and visibility,
-that child (cuInit is the expensive part).
+that child; cuInit is the expensive part, so `Preflight` lets a caller run
+the child while it starts its kernel.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import json
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -150,19 +153,34 @@ def _probe_key(env: Mapping[str, str], smi: Mapping[str, Any]) -> str | None:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
+def _probe_path(env: Mapping[str, str], smi: Mapping[str, Any]) -> Path | None:
+    key = _probe_key(env, smi)
+    return cache_dir() / "gpu-probe" / f"{key}.json" if key else None
+
+
+def kept_probe(env: Mapping[str, str], smi: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The driver's answer kept by an earlier `probe_once` for this boot,
+    driver, device list and visibility, or None."""
+    path = _probe_path(env, smi)
+    if path is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(kept, dict) and isinstance(kept.get("libcuda"), int) and kept["libcuda"] > 0:
+            return {**kept, "reused": True}
+    return None
+
+
 def probe_once(env: Mapping[str, str], smi: Mapping[str, Any]) -> dict[str, Any]:
     """`driver_count`, asked once per boot, driver, device list and visibility:
     cuInit alone costs about a quarter of a second on an H100, ten times
     nvidia-smi. Only a count of one or more is kept: no device, or a failure,
     is asked again."""
-    key = _probe_key(env, smi)
-    path = cache_dir() / "gpu-probe" / f"{key}.json" if key else None
-    if path is not None:
-        with contextlib.suppress(OSError, ValueError):
-            kept = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(kept, dict) and isinstance(kept.get("libcuda"), int) and kept["libcuda"] > 0:
-                return {**kept, "reused": True}
+    kept = kept_probe(env, smi)
+    if kept is not None:
+        return kept
     counts = driver_count(env)
+    path = _probe_path(env, smi)
     if path is not None and isinstance(counts.get("libcuda"), int) and counts["libcuda"] > 0:
         with contextlib.suppress(OSError):
             atomic_write_text(path, json.dumps(counts))
@@ -177,12 +195,68 @@ def cuda_version(code: Any) -> str | None:
 def detect(env: Mapping[str, str] | None = None, *, runtime: bool = True) -> dict[str, Any]:
     """Every GPU fact the runner can gather without initialising CUDA itself:
     one nvidia-smi call and the driver probe in a child (see `probe_once`)."""
-    env = dict(os.environ if env is None else env)
-    cuda_vis, cuda_shown = env_visibility("CUDA_VISIBLE_DEVICES", env)
-    nv_vis, nv_shown = env_visibility("NVIDIA_VISIBLE_DEVICES", env)
-    hidden = cuda_vis is False or nv_vis is False
-    smi = nvidia_smi(env)
-    counts = probe_once(env, smi) if runtime and not hidden else {}
+    return Detection.start(env, runtime=runtime).facts()
+
+
+class Detection:
+    """A detection whose driver probe may still be running.
+
+    cuInit in the probe's child costs about 0.3 s on an H100 the first time
+    a pod asks, ten times nvidia-smi. When nvidia-smi has listed the devices,
+    that answer is provisional and the probe goes on in a background thread,
+    so that its cost overlaps the kernel's start; `facts()` waits for it. When
+    the variables hide every device, or nvidia-smi listed none (no nvidia-smi
+    in the image, say), the probe is the only voice left and is waited for at
+    once, so a provisional answer is never "no GPU" where the driver sees one.
+    """
+
+    def __init__(self, env: dict[str, str], smi: dict[str, Any], hidden: bool,
+                 counts: dict[str, Any] | None) -> None:
+        self.env, self.smi, self.hidden = env, smi, hidden
+        self._counts = counts  # None while the probe runs
+        self._thread: threading.Thread | None = None
+        self.waited_s = 0.0  # how long `facts()` waited for the probe
+
+    @classmethod
+    def start(cls, env: Mapping[str, str] | None = None, *, runtime: bool = True) -> Detection:
+        env = dict(os.environ if env is None else env)
+        hidden = any(env_visibility(name, env)[0] is False for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"))
+        smi = nvidia_smi(env)
+        if hidden or not runtime:
+            return cls(env, smi, hidden, {})
+        kept = kept_probe(env, smi)
+        if kept is not None or not smi["devices"]:
+            return cls(env, smi, hidden, kept if kept is not None else probe_once(env, smi))
+        detection = cls(env, smi, hidden, None)
+        # a daemon: a probe stuck in a broken driver must not hold the runner's
+        # exit; the child is stopped by its timeout or by the parent-death signal
+        detection._thread = threading.Thread(target=detection._probe, name="gpuflow-driver-probe", daemon=True)
+        detection._thread.start()
+        return detection
+
+    def _probe(self) -> None:
+        self._counts = probe_once(self.env, self.smi)
+
+    @property
+    def pending(self) -> bool:
+        return self._counts is None
+
+    def provisional(self) -> dict[str, Any]:
+        """The facts as known now, without waiting: nvidia-smi's devices
+        stand for the driver's count while the probe runs."""
+        return _facts(self.env, self.smi, self._counts or {}, self.hidden)
+
+    def facts(self) -> dict[str, Any]:
+        """The facts with the driver's answer, waiting for the probe if it runs."""
+        if self._thread is not None:
+            t0 = time.perf_counter()
+            self._thread.join(PROBE_TIMEOUT_S + 5)
+            self.waited_s = time.perf_counter() - t0
+        counts = self._counts if self._counts is not None else {"libcuda": "probe failed (no answer in time)"}
+        return _facts(self.env, self.smi, counts, self.hidden)
+
+
+def _facts(env: Mapping[str, str], smi: Mapping[str, Any], counts: Mapping[str, Any], hidden: bool) -> dict[str, Any]:
     runtime_n = counts.get("libcuda") if isinstance(counts.get("libcuda"), int) else None
     if hidden:
         visible = False
@@ -190,7 +264,8 @@ def detect(env: Mapping[str, str] | None = None, *, runtime: bool = True) -> dic
         visible = runtime_n > 0
     else:
         visible = bool(smi["devices"])
-    checks = [cuda_shown, nv_shown, f"nvidia-smi: {smi['status']}"]
+    checks = [env_visibility(name, env)[1] for name in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")]
+    checks.append(f"nvidia-smi: {smi['status']}")
     if "libcuda" in counts:
         value = counts["libcuda"]
         checks.append(f"libcuda: {f'{value} device(s)' if isinstance(value, int) else value}")
@@ -214,20 +289,67 @@ def missing_line(facts: Mapping[str, Any]) -> str:
 def preflight(policy: str = "auto", env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Check for a device under `policy` (auto|require|off); raises NoGPUError
     (exit 4) under require when none is visible; warns under auto."""
-    if policy == "off":
-        return {"gpu_policy": "off", "visible": None, "devices": [], "checks": ["skipped (--gpu off)"]}
-    facts = {"gpu_policy": policy, **detect(env)}
-    if facts["visible"]:
-        names = ", ".join(f"{d.get('name')} ({d.get('memory_mib') or '?'} MiB)" for d in facts["devices"])
-        log.info(f"GPU: {names or str(facts['runtime_devices']) + ' device(s)'}; driver {facts['driver']}, "
-                 f"CUDA {facts['cuda_version']}")
+    return Preflight.start(policy, env).settle()
+
+
+class Preflight:
+    """`preflight` in two halves, for a caller with something to do meanwhile:
+    `start` returns at once with `facts` (provisional while the driver probe
+    runs, see `Detection`), and `settle` waits for the probe and applies the
+    policy. `gpuflow execute` settles once its kernel is up, before the first
+    cell: the probe's cuInit then costs the notebook nothing."""
+
+    def __init__(self, policy: str, detection: Detection | None) -> None:
+        self.policy, self.detection = policy, detection
+        self._settled: dict[str, Any] | None = None
+
+    @classmethod
+    def start(cls, policy: str = "auto", env: Mapping[str, str] | None = None) -> Preflight:
+        """Raises NoGPUError at once, as `settle` would, when the answer is
+        already final: nothing to overlap, and no kernel is started for nothing."""
+        check = cls(policy, None if policy == "off" else Detection.start(env))
+        if check.detection is None or not check.detection.pending:
+            check.settle()
+        return check
+
+    @classmethod
+    def known(cls, policy: str, facts: Mapping[str, Any]) -> Preflight:
+        """A check already made (`gpuflow run` checks once per run)."""
+        done = cls(policy, None)
+        done._settled = dict(facts)
+        return done
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        if self._settled is not None:
+            return self._settled
+        if self.detection is None:
+            return {"gpu_policy": "off", "visible": None, "devices": [], "checks": ["skipped (--gpu off)"]}
+        return {"gpu_policy": self.policy, **self.detection.provisional()}
+
+    def settle(self) -> dict[str, Any]:
+        """The final facts; raises NoGPUError under require when no device is
+        visible, warns under auto. Once: later calls return the same facts."""
+        if self._settled is not None:
+            return self._settled
+        if self.detection is None:
+            self._settled = self.facts
+            return self._settled
+        facts = {"gpu_policy": self.policy, **self.detection.facts()}
+        if self.detection.waited_s >= 0.001:
+            facts["probe_wait_s"] = round(self.detection.waited_s, 3)
+        self._settled = facts
+        if facts["visible"]:
+            names = ", ".join(f"{d.get('name')} ({d.get('memory_mib') or '?'} MiB)" for d in facts["devices"])
+            log.info(f"GPU: {names or str(facts['runtime_devices']) + ' device(s)'}; driver {facts['driver']}, "
+                     f"CUDA {facts['cuda_version']}")
+            return facts
+        if self.policy == "require":
+            err = NoGPUError(missing_line(facts))
+            err.details = {"gpu": facts}
+            raise err
+        log.warning(f"{missing_line(facts)}; running on the CPU (--gpu require makes this an error)")
         return facts
-    if policy == "require":
-        err = NoGPUError(missing_line(facts))
-        err.details = {"gpu": facts}
-        raise err
-    log.warning(f"{missing_line(facts)}; running on the CPU (--gpu require makes this an error)")
-    return facts
 
 
 def default_device(facts: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str | None:

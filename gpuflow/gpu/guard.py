@@ -22,6 +22,7 @@ from gpuflow._embedded import kernel_guard as _kernel_guard
 from gpuflow._embedded import lite as _lite
 from gpuflow.core.errors import ConfigError
 from gpuflow.core.fsutil import atomic_write_text
+from gpuflow.gpu import devices
 from gpuflow.notebook.prepare import GUARD_TAG  # the tag prepare gives the injected cell
 
 GPU_POLICIES = ("auto", "require", "off")
@@ -88,11 +89,15 @@ def preflight(opts: GuardOptions, known: Mapping[str, Any] | None = None) -> dic
     under `--gpu require` when no device is visible. Returns the facts.
     `known`: the facts of a check already made for this run (`gpuflow run`
     checks once and passes them to each notebook's execute)."""
-    from gpuflow.gpu import devices
+    return start_preflight(opts, known).settle()
 
+
+def start_preflight(opts: GuardOptions, known: Mapping[str, Any] | None = None) -> devices.Preflight:
+    """`preflight` whose driver probe may still run: `.facts` now, `.settle()`
+    (which raises under require) once the caller's kernel is up."""
     if known is not None and opts.gpu != "off" and known.get("visible") is not None:
-        return {**known, "gpu_policy": opts.gpu, "reused": True}
-    return devices.preflight(opts.gpu)
+        return devices.Preflight.known(opts.gpu, {**known, "gpu_policy": opts.gpu, "reused": True})
+    return devices.Preflight.start(opts.gpu)
 
 
 def read_facts(path: Path | None) -> dict[str, Any] | None:

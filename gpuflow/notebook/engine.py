@@ -6,7 +6,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +84,7 @@ def manager(nb: Any, output_path: Path, logger: Any, bar: Any) -> Any:
     return manager
 
 
-def _client_class(guard_fallback: str | None) -> Any:
+def _client_class(guard_fallback: str | None, before_cells: Callable[[], object] | None) -> Any:
     from nbclient.exceptions import CellExecutionError
     from papermill.clientwrap import PapermillNotebookClient
 
@@ -96,6 +96,8 @@ def _client_class(guard_fallback: str | None) -> Any:
         papermill's, and it runs before injected parameters wherever they are."""
 
         def papermill_execute_cells(self) -> None:
+            if before_cells is not None:  # the kernel is up; no cell has run
+                before_cells()
             guards = [i for i, c in enumerate(self.nb.cells) if GUARD_TAG in c.metadata.get("tags", [])]
             for index in guards + [i for i in range(len(self.nb.cells)) if i not in guards]:
                 cell, is_guard = self.nb.cells[index], index in guards
@@ -131,13 +133,15 @@ def _client_class(guard_fallback: str | None) -> Any:
 def run_cells(
     nb_man: Any, name: str, env: dict[str, str], cwd: Path | None,
     cell_timeout: float | None, timeout: float | None, logger: Any, guard_fallback: str | None = None,
+    before_cells: Callable[[], object] | None = None,
 ) -> Stop | None:
     """Run the kernel over the notebook; return why it stopped early, if it did.
     `guard_fallback` is the GPU guard cell's source for a kernel that cannot
-    import gpuflow."""
+    import gpuflow. `before_cells` runs once the kernel is up, before any cell
+    (the GPU preflight settles there); what it raises ends the run."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-    client_class = _client_class(guard_fallback)
+    client_class = _client_class(guard_fallback, before_cells)
 
     state = State()
     deadline = time.monotonic() + timeout if timeout else None

@@ -182,3 +182,63 @@ def test_the_driver_is_asked_once_per_boot_driver_and_visibility(
     assert asked == [None]
     gpu.detect(_env(fake_smi, CUDA_VISIBLE_DEVICES="0"))  # another visibility: asked again
     assert asked == [None, "0"]
+
+
+def _slow_driver(monkeypatch: pytest.MonkeyPatch, seconds: float, count: int) -> list[float]:
+    """driver_count as a broken or slow driver answers it: after `seconds`."""
+    import time
+
+    asked: list[float] = []
+
+    def count_after(env: dict[str, str]) -> dict[str, object]:
+        asked.append(time.monotonic())
+        time.sleep(seconds)
+        return {"libcuda": count, "cuda_driver_version": 13000}
+
+    monkeypatch.setattr(gpu, "driver_count", count_after)
+    return asked
+
+
+def test_the_driver_probe_runs_while_the_caller_goes_on(
+        fake_smi: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import time
+
+    monkeypatch.setenv("GPUFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    asked = _slow_driver(monkeypatch, 1.0, 1)
+    t0 = time.monotonic()
+    check = gpu.Preflight.start("require", _env(fake_smi))
+    assert time.monotonic() - t0 < 0.8  # started, not waited for
+    assert check.detection is not None and check.detection.pending
+    # provisional: nvidia-smi's devices stand for the count until the driver answers
+    assert check.facts["visible"] is True and check.facts["runtime_devices"] is None
+    facts = check.settle()
+    assert facts["runtime_devices"] == 1 and facts["cuda_version"] == "13.0" and facts["probe_wait_s"] > 0
+    assert check.settle() is facts  # once
+    # kept for this boot: the next check has nothing left to wait for
+    again = gpu.Preflight.start("require", _env(fake_smi))
+    assert again.detection is not None and not again.detection.pending and len(asked) == 1
+
+
+def test_a_driver_that_sees_nothing_fails_require_when_the_check_settles(
+        fake_smi: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GPUFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    _slow_driver(monkeypatch, 0.2, 0)
+    check = gpu.Preflight.start("require", _env(fake_smi))
+    with pytest.raises(errors.NoGPUError, match=r"libcuda: 0 device\(s\)"):
+        check.settle()
+
+
+def test_without_nvidia_smi_the_driver_is_waited_for_at_once(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # no provisional "no GPU" where the driver may see one: with nothing listed, ask now
+    monkeypatch.setenv("GPUFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    _slow_driver(monkeypatch, 0.2, 2)
+    check = gpu.Preflight.start("require", _env(None))
+    assert check.detection is not None and not check.detection.pending
+    assert check.facts["visible"] is True and check.facts["runtime_devices"] == 2
+
+
+def test_hidden_devices_fail_require_at_start(fake_smi: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu, "driver_count", lambda env: pytest.fail("hidden devices need no probe"))
+    with pytest.raises(errors.NoGPUError, match="CUDA_VISIBLE_DEVICES=''"):
+        gpu.Preflight.start("require", _env(fake_smi, CUDA_VISIBLE_DEVICES=""))

@@ -116,3 +116,44 @@ def test_gpu_off_without_lite_injects_nothing(tmp_path: Path) -> None:
     nb = nbformat.read(out, as_version=4)
     assert _counts(nb) == [1] and "gpuflow-guard" not in outputs_text(nb)
     assert "guard" not in nb.metadata.get("gpuflow", {})
+
+
+def _driver_sees_nothing(monkeypatch: pytest.MonkeyPatch, fake_smi: Path, tmp_path: Path) -> None:
+    """nvidia-smi lists a GPU but the CUDA driver, asked in its child, counts
+    none (a driver and library that do not match, say), and answers slowly."""
+    import time
+
+    from gpuflow.gpu import devices
+
+    def count(env: dict[str, str]) -> dict[str, object]:
+        time.sleep(0.3)
+        return {"libcuda": 0, "cuda_driver_version": 13000}
+
+    monkeypatch.setattr(devices, "driver_count", count)
+    monkeypatch.setenv("PATH", f"{fake_smi}:{__import__('os').environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("GPUFLOW_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def test_require_settles_after_the_kernel_starts_and_before_any_cell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_smi: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _driver_sees_nothing(monkeypatch, fake_smi, tmp_path)
+    marker = tmp_path / "ran"
+    src = notebook(tmp_path / "in.ipynb", f"open({str(marker)!r}, 'w').close()")
+    out = tmp_path / "out" / "out.ipynb"
+    assert execute_main([str(src), str(out), "--gpu", "require"]) == errors.NoGPUError.exit_code
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("gpuflow.execute: no CUDA device visible:") and "libcuda: 0 device(s)" in last
+    assert not marker.exists()  # no cell ran, the guard's neither
+    nb = nbformat.read(out, as_version=4)  # what there is, is kept
+    assert all(c.get("execution_count") is None and not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_auto_runs_on_when_the_driver_sees_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_smi: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _driver_sees_nothing(monkeypatch, fake_smi, tmp_path)
+    src = notebook(tmp_path / "in.ipynb", "print('ran on')")
+    out = tmp_path / "out.ipynb"
+    assert execute_main([str(src), str(out), "--rmm", "off", "--no-telemetry"]) == 0
+    assert "libcuda: 0 device(s); running on the CPU" in capsys.readouterr().err
+    assert "ran on" in outputs_text(nbformat.read(out, as_version=4))
