@@ -341,8 +341,9 @@ class Preflight:
         self._settled = facts
         if facts["visible"]:
             names = ", ".join(f"{d.get('name')} ({d.get('memory_mib') or '?'} MiB)" for d in facts["devices"])
-            log.info(f"GPU: {names or str(facts['runtime_devices']) + ' device(s)'}; driver {facts['driver']}, "
-                     f"CUDA {facts['cuda_version']}")
+            shown = ", ".join(f"{what} {facts[key]}" for what, key in (("driver", "driver"), ("CUDA", "cuda_version"))
+                              if facts[key])  # a driver that did not say its version is not "CUDA None"
+            log.info(f"GPU: {names or str(facts['runtime_devices']) + ' device(s)'}" + (f"; {shown}" if shown else ""))
             return facts
         if self.policy == "require":
             err = NoGPUError(missing_line(facts))
