@@ -52,9 +52,6 @@ def timed(cmd: Sequence[str], env: dict[str, str] | None = None) -> tuple[float,
 
 
 def _preflights(repeats: int, fresh_cache: bool, start_only: bool = False) -> tuple[list[float], dict[str, Any]]:
-    import os
-    import tempfile
-
     from gpuflow.gpu import devices
 
     runs, facts = [], {}

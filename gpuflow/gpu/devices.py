@@ -159,7 +159,7 @@ def _probe_path(env: Mapping[str, str], smi: Mapping[str, Any]) -> Path | None:
 
 
 def kept_probe(env: Mapping[str, str], smi: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The driver's answer kept by an earlier `probe_once` for this boot,
+    """The driver's answer kept by an earlier `ask_driver` for this boot,
     driver, device list and visibility, or None."""
     path = _probe_path(env, smi)
     if path is None:
@@ -171,14 +171,11 @@ def kept_probe(env: Mapping[str, str], smi: Mapping[str, Any]) -> dict[str, Any]
     return None
 
 
-def probe_once(env: Mapping[str, str], smi: Mapping[str, Any]) -> dict[str, Any]:
-    """`driver_count`, asked once per boot, driver, device list and visibility:
+def ask_driver(env: Mapping[str, str], smi: Mapping[str, Any]) -> dict[str, Any]:
+    """`driver_count`, kept for `kept_probe` when it counts one or more:
     cuInit alone costs about a quarter of a second on an H100, ten times
-    nvidia-smi. Only a count of one or more is kept: no device, or a failure,
-    is asked again."""
-    kept = kept_probe(env, smi)
-    if kept is not None:
-        return kept
+    nvidia-smi, so it is asked once per boot, driver, device list and
+    visibility. No device, or a failure, is asked again next time."""
     counts = driver_count(env)
     path = _probe_path(env, smi)
     if path is not None and isinstance(counts.get("libcuda"), int) and counts["libcuda"] > 0:
@@ -194,7 +191,7 @@ def cuda_version(code: Any) -> str | None:
 
 def detect(env: Mapping[str, str] | None = None, *, runtime: bool = True) -> dict[str, Any]:
     """Every GPU fact the runner can gather without initialising CUDA itself:
-    one nvidia-smi call and the driver probe in a child (see `probe_once`)."""
+    one nvidia-smi call and the driver probe in a child (see `Detection`)."""
     return Detection.start(env, runtime=runtime).facts()
 
 
@@ -226,7 +223,7 @@ class Detection:
             return cls(env, smi, hidden, {})
         kept = kept_probe(env, smi)
         if kept is not None or not smi["devices"]:
-            return cls(env, smi, hidden, kept if kept is not None else probe_once(env, smi))
+            return cls(env, smi, hidden, kept if kept is not None else ask_driver(env, smi))
         detection = cls(env, smi, hidden, None)
         # a daemon: a probe stuck in a broken driver must not hold the runner's
         # exit; the child is stopped by its timeout or by the parent-death signal
@@ -235,7 +232,7 @@ class Detection:
         return detection
 
     def _probe(self) -> None:
-        self._counts = probe_once(self.env, self.smi)
+        self._counts = ask_driver(self.env, self.smi)
 
     @property
     def pending(self) -> bool:
