@@ -44,6 +44,9 @@ SUMMARY_OUTPUTS = (SUMMARY_JSON, STEP_SUMMARY_MD, INDEX_HTML)
 # the executed notebook is <name>_output.ipynb, its rendering <name>_output.html
 OUTPUT_SUFFIX = "_output"
 OUTPUT_HTML_GLOB = f"*{OUTPUT_SUFFIX}.html"
+# papermill.log in a notebook's own folder (gpuflow run, --record-dir), and
+# <name>.papermill.log where several notebooks were executed into one folder
+PAPERMILL_LOG_GLOB = f"*{PAPERMILL_LOG}"
 
 
 def notebook_name(output: str | os.PathLike[str]) -> str:

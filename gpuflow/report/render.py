@@ -19,7 +19,7 @@ TEST_ROWS = (("passed", "✅ Passed"), ("failed", "❌ Failed"), ("skipped", "�
              ("errors", "💥 Errors"), ("xfailed", "🔶 XFailed"), ("xpassed", "⚠️ XPassed"))
 # what index.html links, when it exists: (label, how to find it)
 LINKS = (("Notebook HTML", artifacts.OUTPUT_HTML_GLOB), ("Pytest report", artifacts.PYTEST_HTML),
-         ("Pytest output", artifacts.PYTEST_LOG), ("Papermill log", artifacts.PAPERMILL_LOG),
+         ("Pytest output", artifacts.PYTEST_LOG), ("Papermill log", artifacts.PAPERMILL_LOG_GLOB),
          ("nbconvert log", artifacts.NBCONVERT_LOG), ("Coverage", artifacts.COVERAGE_XML),
          ("JUnit XML", artifacts.JUNIT_XML), (artifacts.SUMMARY_JSON, artifacts.SUMMARY_JSON),
          (artifacts.STEP_SUMMARY_MD, artifacts.STEP_SUMMARY_MD))
@@ -257,7 +257,8 @@ def _document(title: str, body: Sequence[str]) -> str:
 def _links(artifact_dir: ArtifactDir) -> str:
     items = []
     for label, pattern in LINKS:
-        found = sorted(artifact_dir.path.glob(pattern)) if "*" in pattern else [artifact_dir.path / pattern]
+        # a pattern that matches nothing is listed as missing, like a plain name
+        found = (sorted(artifact_dir.path.glob(pattern)) if "*" in pattern else []) or [artifact_dir.path / pattern]
         for path in found:
             if path.is_file():  # index.html is written last: summary.json is there
                 items.append(f'<li><a href="{tables.href(path.name)}">{html.escape(label)}</a></li>')

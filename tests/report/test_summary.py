@@ -136,6 +136,18 @@ def test_missing_artifact_and_record_are_reported_not_a_crash(art: Path) -> None
     assert "Pytest report: <em>missing</em>" in (art / "index.html").read_text()
 
 
+def test_a_papermill_log_named_after_its_notebook_is_linked(art: Path) -> None:
+    # `gpuflow execute NB out/x_output.ipynb` names the log x.papermill.log, so that
+    # several notebooks can share a folder; the page links it rather than calling it missing
+    (art / "papermill.log").rename(art / "scrna.papermill.log")
+    summary.write_summary(art)
+    page = (art / "index.html").read_text()
+    assert '<a href="scrna.papermill.log">Papermill log</a>' in page and "Papermill log: <em>missing</em>" not in page
+    (art / "scrna.papermill.log").unlink()
+    summary.write_summary(art)
+    assert "Papermill log: <em>missing</em>" in (art / "index.html").read_text()
+
+
 def test_a_hand_edited_record_is_read_not_a_crash(art: Path) -> None:
     # details of the wrong type read as absent; a status outside the vocabulary is no record at all
     record.write(art, record.StepRecord(
